@@ -1,0 +1,39 @@
+# ThreadEmbed: `make run` materializes the pipeline offline on SOURCE; `make test` runs the test suite.
+SOURCE ?= sample
+PRESET ?= cpu
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export THREADEMBED_DATA_DIR ?= data
+export THREADEMBED_MODELS_DIR ?= models
+
+.PHONY: run test ui lint install
+
+install: $(VENV)/.installed
+
+# pip takes torch 2.13.0 (CPU) from the local disk first, so nothing pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+run: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m threadembed_assets.run --source $(SOURCE) --preset $(PRESET)
+
+test: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check threadembed_assets threadembed_assets_tests bench
+	$(BIN)/ruff format --check threadembed_assets threadembed_assets_tests bench
+
+ui: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

@@ -1,0 +1,1 @@
+"""ThreadEmbed: a Dagster code location that builds sentence-embedding models for chat."""

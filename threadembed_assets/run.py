@@ -1,0 +1,67 @@
+"""`make run`: materialize the pipeline for one source partition and print a short summary.
+
+    python -m threadembed_assets.run --source sample --preset cpu
+"""
+
+import argparse
+import sys
+
+import dagster as dg
+import duckdb
+
+from threadembed_assets import settings
+from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
+from threadembed_assets.sources.registry import SOURCES
+
+PRESETS = ("smoke", "cpu", "gpu")
+
+
+def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Materialize `raw_<source>` and everything downstream of it for partition `source`, checks included."""
+    selection = dg.AssetSelection.assets(f"raw_{source}").downstream()
+    return dg.materialize(
+        [*ASSETS, *ASSET_CHECKS],
+        selection=selection,
+        partition_key=source,
+        instance=instance,
+        resources=build_resources(),
+        tags={"threadembed/preset": preset},
+        raise_on_error=False,
+    )
+
+
+def summary(source: str) -> str:
+    """A few lines on what the warehouse holds for `source`."""
+    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+        params = {"source": source}
+        n_messages = con.execute("SELECT count(*) FROM messages WHERE source = $source", params).fetchone()[0]
+        splits = con.execute(
+            "SELECT split, count(*) FROM conversations WHERE source = $source GROUP BY ALL ORDER BY 1", params
+        ).fetchall()
+        quarantine = con.execute(
+            "SELECT reason, count(*) FROM quarantine WHERE source = $source GROUP BY ALL ORDER BY 2 DESC", params
+        ).fetchall()
+    lines = [
+        f"source {source}: {n_messages} messages, {sum(n for _, n in splits)} conversations "
+        f"({', '.join(f'{s} {n}' for s, n in splits)})",
+        f"quarantine: {', '.join(f'{r} {n}' for r, n in quarantine) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="sample", choices=sorted(SOURCES))
+    parser.add_argument("--preset", default="cpu", choices=PRESETS)
+    args = parser.parse_args(argv)
+    result = run_pipeline(args.source, args.preset, dg.DagsterInstance.get())
+    for event in result.all_events:
+        if event.is_step_failure:
+            print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+    print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
+    print(summary(args.source))
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

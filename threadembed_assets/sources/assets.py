@@ -1,0 +1,54 @@
+"""Raw dataset assets, one per registered source, made by one factory."""
+
+import dagster as dg
+
+from threadembed_assets.sources.chat_export import EmptyImportsError
+from threadembed_assets.sources.config import RawSourceConfig
+from threadembed_assets.sources.hub import HubUnavailableError
+from threadembed_assets.sources.raw_cache import preview_markdown, raw_parquet_path, write_raw_parquet
+from threadembed_assets.sources.registry import SOURCES, SourceSpec
+
+# Failures a user fixes by configuration: shown as a clear message, not a traceback.
+_USER_ERRORS = (HubUnavailableError, EmptyImportsError, FileNotFoundError, ValueError)
+
+
+def build_raw_asset(spec: SourceSpec) -> dg.AssetsDefinition:
+    """The `raw_<source>` asset: the dataset as fetched, cached as Parquet under the data folder."""
+
+    @dg.asset(
+        name=f"raw_{spec.key}",
+        group_name="raw",
+        description=f"{spec.description}\n\nUpstream: {spec.upstream} ({spec.license}), priority {spec.priority}.",
+        kinds={"parquet", spec.platform} if spec.platform != "mixed" else {"parquet"},
+        tags={"priority": spec.priority},
+        metadata={"upstream": spec.upstream, "license": spec.license, "platform": spec.platform},
+    )
+    def raw_asset(context: dg.AssetExecutionContext, config: RawSourceConfig) -> dg.MaterializeResult:
+        dest = raw_parquet_path(spec.key)
+        try:
+            stats = write_raw_parquet(spec.load(config), dest)
+        except _USER_ERRORS as exc:
+            raise dg.Failure(description=f"raw_{spec.key}: {exc}") from None
+        context.log.info(f"raw_{spec.key}: {stats['rows']} rows ({stats['error_rows']} unreadable) -> {dest}")
+        provenance = (
+            {"sample_seed": config.seed, "n_messages": config.n_messages}
+            if spec.key == "sample"
+            else {"upstream": config.path or spec.upstream, "revision": config.revision or "default"}
+        )
+        if spec.key == "discord_unveiled":
+            provenance.update(sample_seed=config.seed, sample_rate=config.sample_rate)
+        return dg.MaterializeResult(
+            metadata={
+                "rows": stats["rows"],
+                "unreadable_rows": stats["error_rows"],
+                "bytes": stats["bytes"],
+                "path": dg.MetadataValue.path(str(dest)),
+                **provenance,
+                "preview": dg.MetadataValue.md(preview_markdown(dest)),
+            }
+        )
+
+    return raw_asset
+
+
+RAW_ASSETS = [build_raw_asset(spec) for spec in SOURCES.values()]

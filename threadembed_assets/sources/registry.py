@@ -1,0 +1,156 @@
+"""The source registry: every chat dataset the product knows, keyed by its partition key."""
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from threadembed_assets import settings
+from threadembed_assets.sources.chat_export import read_imports
+from threadembed_assets.sources.config import RawSourceConfig
+from threadembed_assets.sources.dialogue import (
+    discord_dialogues_rows,
+    thread_qa_rows,
+    topical_chat_rows,
+    ultrachat_rows,
+)
+from threadembed_assets.sources.discord import discord_api_rows, discord_unveiled_files
+from threadembed_assets.sources.hub import iter_hub_records, limited
+from threadembed_assets.sources.irc import irc_disentangle_rows
+from threadembed_assets.sources.sample import generate_sample
+from threadembed_assets.sources.schema import batched
+from threadembed_assets.sources.slack import read_disentangled_xml, read_slack_export_dir
+
+Loader = Callable[["SourceSpec", RawSourceConfig], Iterator[pa.RecordBatch]]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One chat source: where it comes from, under what license, how urgent, and how to load it."""
+
+    key: str
+    platform: str
+    upstream: str
+    license: str
+    priority: str  # P0 (needed for the core recipe), P1, P2
+    description: str
+    loader: Loader
+    default_split: str = "train"
+    hub_config: str | None = None  # the `name` argument of load_dataset
+    hub_data_files: dict | None = None  # split -> file, for hub repos that need them named
+
+    def load(self, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+        """RAW_SCHEMA batches of this source under `config`."""
+        return self.loader(self, config)
+
+
+def _hub_loader(to_rows: Callable[[Iterable[dict], str, str], Iterator[dict]]) -> Loader:
+    """A loader that streams a hub dataset (or local files in its schema) through a record -> rows mapper."""
+
+    def load(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+        split = config.split or spec.default_split
+        records = iter_hub_records(
+            spec.key, spec.upstream, name=spec.hub_config, split=split, path=config.path,
+            revision=config.revision, data_files=spec.hub_data_files,
+        )
+        origin = config.path or f"{spec.upstream}:{split}"
+        return batched(limited(to_rows(records, spec.key, origin), config.max_rows))
+
+    return load
+
+
+def _required_path(spec: SourceSpec, config: RawSourceConfig) -> Path:
+    path = Path(config.path) if config.path else settings.data_dir() / "external" / spec.key
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Source '{spec.key}' reads local files ({spec.upstream}); none at {path}. Put them there or set "
+            f"run config `ops: raw_{spec.key}: config: path: /path/to/folder`."
+        )
+    return path
+
+
+def _load_slack_disentangled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+    root = _required_path(spec, config)
+    files = sorted(root.rglob("*.xml")) if root.is_dir() else [root]
+    rows = (row for file in files for row in read_disentangled_xml(file, spec.key))
+    return batched(limited(rows, config.max_rows))
+
+
+def _load_clojurians(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+    return batched(limited(read_slack_export_dir(_required_path(spec, config), spec.key), config.max_rows))
+
+
+def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+    rows = (
+        row
+        for name, stream in discord_unveiled_files(config.path, spec.upstream, spec.key)
+        for row in discord_api_rows(stream, spec.key, name, config.seed, config.sample_rate)
+    )
+    return batched(limited(rows, config.max_rows))
+
+
+def _load_chat_export(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+    folder = Path(config.path) if config.path else settings.imports_dir()
+    return read_imports(folder, spec.key, config.max_archive_bytes)
+
+
+def _load_sample(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+    return batched(limited(generate_sample(config.n_messages, config.seed, spec.key), config.max_rows))
+
+
+SOURCES: dict[str, SourceSpec] = {
+    spec.key: spec
+    for spec in [
+        SourceSpec(
+            "sample", "mixed", "generator (deterministic, seeded)", "project", "P0",
+            "Generated multi-platform chat with interleaved threads: the offline default.", _load_sample,
+        ),
+        SourceSpec(
+            "chat_export", "mixed", "local files under THREADEMBED_IMPORTS_DIR", "user's own", "P0",
+            "Your own exports: chat JSONL, Slack export (folder or zip), DiscordChatExporter JSON, IRC logs.",
+            _load_chat_export,
+        ),
+        SourceSpec(
+            "irc_disentangle", "irc", "jkkummerfeld/irc_disentangle", "CC-BY-4.0", "P0",
+            "Ubuntu IRC with annotated reply links (Kummerfeld et al., 2019).",
+            _hub_loader(irc_disentangle_rows), hub_config="ubuntu",
+        ),
+        SourceSpec(
+            "discord_dialogues", "discord", "mookiezi/Discord-Dialogues", "Apache-2.0", "P0",
+            "Two-party Discord reply chains as ChatML.", _hub_loader(discord_dialogues_rows),
+        ),
+        SourceSpec(
+            "discord_unveiled", "discord", "SaisExperiments/Discord-Unveiled-Compressed", "unstated (research mirror)",
+            "P1", "Public Discord servers' messages, streamed and sampled by channel-hour.", _load_discord_unveiled,
+        ),
+        SourceSpec(
+            "slack_disentangled", "slack",
+            "preethac/Software-related-Slack-Chats-with-Disentangled-Conversations (XML)", "unstated", "P1",
+            "Developer Slack communities with disentangled conversation ids.", _load_slack_disentangled,
+        ),
+        SourceSpec(
+            "flyte_slack", "slack", "unionai/flyte-slack-data", "unstated", "P2",
+            "Flyte community Slack questions and their thread replies.", _hub_loader(thread_qa_rows),
+        ),
+        SourceSpec(
+            "slack_long_responses", "slack", "Samhita/slack-data-long-responses", "unstated", "P2",
+            "Slack threads with long replies.", _hub_loader(thread_qa_rows),
+        ),
+        SourceSpec(
+            "clojurians", "slack", "GaiwanTeam/clojurians-log-v2 (Slack export)", "per workspace", "P2",
+            "Clojurians Slack logs in Slack export layout.", _load_clojurians,
+        ),
+        SourceSpec(
+            "topical_chat", "chat", "Conversational-Reasoning/Topical-Chat", "CDLA-Sharing-1.0", "P2",
+            "Knowledge-grounded two-party conversations.", _hub_loader(topical_chat_rows),
+            hub_data_files={
+                split: f"{split}.jsonl" for split in ("train", "valid_freq", "valid_rare", "test_freq", "test_rare")
+            },
+        ),
+        SourceSpec(
+            "ultrachat", "chat", "HuggingFaceH4/ultrachat_200k", "MIT", "P2",
+            "Multi-turn assistant dialogues.", _hub_loader(ultrachat_rows), default_split="train_sft",
+        ),
+    ]
+}

@@ -1,0 +1,54 @@
+"""The raw message schema every loader produces: chat JSONL fields plus provenance and a parse error."""
+
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+
+CHAT_FIELDS = ["source", "channel", "message_id", "conversation_id", "reply_to", "timestamp", "author", "text"]
+
+RAW_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in CHAT_FIELDS]
+    + [
+        ("platform", pa.string()),
+        ("origin", pa.string()),  # file, upstream split or generator the row came from
+        ("seq", pa.int64()),  # position in its origin (line number, row index)
+        ("error", pa.string()),  # why the row could not be read; such rows go to quarantine
+    ]
+)
+
+BATCH_ROWS = 50_000
+
+
+def raw_batch(rows: list[dict]) -> pa.RecordBatch:
+    """Build a RAW_SCHEMA batch from dicts (missing keys become null, values become strings)."""
+    columns = {}
+    for field in RAW_SCHEMA:
+        values = [row.get(field.name) for row in rows]
+        if field.type == pa.string():
+            values = [None if v is None else str(v) for v in values]
+        columns[field.name] = pa.array(values, type=field.type)
+    return pa.RecordBatch.from_pydict(columns, schema=RAW_SCHEMA)
+
+
+def batched(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Group row dicts into RAW_SCHEMA record batches of at most `size` rows."""
+    chunk: list[dict] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield raw_batch(chunk)
+            chunk = []
+    if chunk:
+        yield raw_batch(chunk)
+
+
+def error_row(source: str, platform: str, origin: str, seq: int, error: str, raw: str = "") -> dict:
+    """A row that could not be read: kept with its reason so the warehouse can quarantine it."""
+    return {
+        "source": source,
+        "platform": platform,
+        "origin": origin,
+        "seq": seq,
+        "error": error,
+        "text": raw[:2000] if raw else None,
+    }

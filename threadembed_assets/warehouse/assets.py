@@ -1,0 +1,85 @@
+"""Warehouse assets: `messages` and `conversations`, one partition per source, in DuckDB."""
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from threadembed_assets.sources.assets import RAW_ASSETS
+from threadembed_assets.sources.raw_cache import raw_parquet_path
+from threadembed_assets.sources.registry import SOURCES
+from threadembed_assets.warehouse.conversations import build_conversations, conversation_preview
+from threadembed_assets.warehouse.load import LoadOptions, load_messages
+from threadembed_assets.warehouse.schema import table_schema
+
+source_partitions = dg.StaticPartitionsDefinition(list(SOURCES))
+
+
+def _md_counts(counts: dict[str, int], label: str) -> dg.MetadataValue:
+    rows = "\n".join(f"| {key} | {value} |" for key, value in counts.items()) or "| (none) | 0 |"
+    return dg.MetadataValue.md(f"| {label} | rows |\n|---|---|\n{rows}")
+
+
+def _column_schema(con, table: str) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in table_schema(con, table)])
+
+
+def connect(warehouse: DuckDBResource):
+    """A connection to the warehouse, creating its folder on first use."""
+    Path(warehouse.database).parent.mkdir(parents=True, exist_ok=True)
+    return warehouse.get_connection()
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name="warehouse",
+    deps=RAW_ASSETS,
+    kinds={"duckdb"},
+)
+def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    """Normalized messages of one source: conversations (gold or derived), positions and a stable split.
+
+    Unreadable or bad rows (no text, unparseable time, duplicate id, oversize) go to `quarantine` with a reason.
+    The partition's rows in both tables are replaced in one transaction.
+    """
+    source = context.partition_key
+    raw = raw_parquet_path(source)
+    if not raw.exists():
+        raise dg.Failure(description=f"No raw cache for '{source}' at {raw}: materialize raw_{source} first.")
+    with connect(warehouse) as con:
+        counts = load_messages(con, source, raw, config)
+        schema = _column_schema(con, "messages")
+    context.log.info(
+        f"messages[{source}]: {counts['messages']} messages, {counts['conversations']} conversations, "
+        f"{counts['quarantined']} quarantined {counts['quarantine_by_reason']}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": counts["messages"],
+            "conversations": counts["conversations"],
+            "quarantined": counts["quarantined"],
+            "quarantine_by_reason": _md_counts(counts["quarantine_by_reason"], "reason"),
+            "conversations_by_method": _md_counts(counts["conversations_by_method"], "method"),
+            "dagster/column_schema": schema,
+        }
+    )
+
+
+@dg.asset(partitions_def=source_partitions, group_name="warehouse", deps=[messages], kinds={"duckdb"})
+def conversations(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    """One row per conversation of a source: counts, participants, time span, method and split."""
+    source = context.partition_key
+    with connect(warehouse) as con:
+        stats = build_conversations(con, source)
+        preview = conversation_preview(con, source)
+        schema = _column_schema(con, "conversations")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": stats["conversations"],
+            "with_3_plus_messages": stats["with_3_plus"],
+            "median_messages": stats["median_messages"],
+            "by_split": _md_counts(stats["by_split"], "split"),
+            "preview": dg.MetadataValue.md(preview),
+            "dagster/column_schema": schema,
+        }
+    )

@@ -1,0 +1,172 @@
+"""Load one source's raw Parquet into `messages` and `quarantine`, replacing that source's rows atomically."""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from pydantic import Field
+
+from threadembed_assets.warehouse.schema import ensure_schema
+
+
+class LoadOptions(dg.Config):
+    """How raw rows become warehouse messages (the run config of `messages`)."""
+
+    max_text_chars: int = Field(default=20_000, description="Longer messages are quarantined as oversize.")
+    gap_minutes: float = Field(
+        default=30.0, description="Derived conversations: a silence this long in a channel starts a new one."
+    )
+    train_ratio: float = Field(default=0.8, description="Share of conversations in the train split.")
+    dev_ratio: float = Field(default=0.1, description="Share in the dev split; test gets the rest.")
+
+
+# Every raw row gets at most one reason; rows without one are messages. Duplicates are decided among the
+# otherwise good rows (the first occurrence in file order stays).
+_STAGE_SQL = """
+CREATE OR REPLACE TEMP TABLE staged AS
+WITH raw AS (
+    SELECT file_row_number AS row_ord, *,
+        CASE
+            WHEN timestamp IS NULL THEN NULL
+            WHEN regexp_full_match(trim(timestamp), '-?[0-9]+(\\.[0-9]+)?')
+                THEN try(to_timestamp(CAST(timestamp AS DOUBLE))) AT TIME ZONE 'UTC'
+            ELSE TRY_CAST(timestamp AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
+        END AS ts
+    FROM read_parquet($path, file_row_number = true)
+), checked AS (
+    SELECT *,
+        CASE
+            WHEN error IS NOT NULL THEN split_part(error, ':', 1)
+            WHEN text IS NULL OR trim(text) = '' THEN 'no_text'
+            WHEN length(text) > $max_text_chars THEN 'oversize'
+            WHEN message_id IS NULL OR trim(message_id) = '' THEN 'no_message_id'
+            WHEN timestamp IS NOT NULL AND ts IS NULL THEN 'unparseable_timestamp'
+        END AS bad_reason
+    FROM raw
+)
+SELECT *,
+    coalesce(bad_reason, CASE WHEN row_number() OVER (
+        PARTITION BY bad_reason IS NULL, message_id ORDER BY row_ord) > 1 THEN 'duplicate_message_id' END
+    ) AS reason
+FROM checked
+"""
+
+# Conversations: gold ids where present; otherwise the root of the reply chain (a reply to a gold message joins
+# that conversation); messages with no reply links form sessions split by silences within a channel.
+_MESSAGES_SQL = """
+CREATE OR REPLACE TEMP TABLE loaded AS
+WITH RECURSIVE good AS (
+    SELECT * FROM staged WHERE reason IS NULL
+), walk(message_id, root_id, root_conversation) AS (
+    SELECT message_id, message_id, conversation_id FROM good
+    WHERE conversation_id IS NOT NULL OR reply_to IS NULL OR reply_to NOT IN (SELECT message_id FROM good)
+    UNION ALL
+    SELECT child.message_id, walk.root_id, walk.root_conversation
+    FROM good AS child JOIN walk ON child.reply_to = walk.message_id
+    WHERE child.conversation_id IS NULL
+), linked AS (
+    SELECT good.*, walk.root_id, walk.root_conversation,
+        count(walk.root_id) OVER (PARTITION BY walk.root_id) AS chain_size
+    FROM good LEFT JOIN walk USING (message_id)
+), assigned AS (
+    SELECT *,
+        CASE
+            WHEN conversation_id IS NOT NULL THEN 'gold'
+            WHEN root_conversation IS NOT NULL OR chain_size > 1 THEN 'reply_chain'
+            ELSE 'time_gap'
+        END AS conversation_method
+    FROM linked
+), sessions AS (
+    SELECT *,
+        sum(CASE WHEN previous_ts IS NULL OR ts - previous_ts > to_seconds($gap_seconds) THEN 1 ELSE 0 END)
+            OVER (PARTITION BY channel ORDER BY ts, row_ord) AS session_no
+    FROM (
+        SELECT *, lag(ts) OVER (PARTITION BY channel ORDER BY ts, row_ord) AS previous_ts
+        FROM assigned WHERE conversation_method = 'time_gap'
+    )
+), resolved AS (
+    SELECT assigned.* REPLACE (
+        CASE assigned.conversation_method
+            WHEN 'gold' THEN assigned.conversation_id
+            WHEN 'reply_chain' THEN coalesce(assigned.root_conversation, 'chain:' || assigned.root_id)
+            ELSE 'gap:' || coalesce(assigned.channel, '') || ':' || sessions.session_no
+        END AS conversation_id
+    )
+    FROM assigned LEFT JOIN sessions USING (row_ord)
+)
+SELECT
+    $source AS source, coalesce(platform, 'chat') AS platform, channel, message_id, conversation_id, reply_to,
+    author, ts,
+    CAST(row_number() OVER (PARTITION BY conversation_id ORDER BY ts, row_ord) - 1 AS INTEGER) AS position,
+    text,
+    CASE
+        WHEN bucket < $train_ratio THEN 'train'
+        WHEN bucket < $train_ratio + $dev_ratio THEN 'dev'
+        ELSE 'test'
+    END AS split,
+    conversation_method
+FROM (
+    SELECT *, CAST(('0x' || left(md5(conversation_id), 8)) AS UBIGINT) / 4294967296.0 AS bucket FROM resolved
+)
+"""
+
+_QUARANTINE_SELECT = """
+SELECT $source, reason, coalesce(error, reason), message_id, conversation_id, origin, seq, left(text, 2000)
+FROM staged WHERE reason IS NOT NULL
+"""
+
+
+def load_messages(con: duckdb.DuckDBPyConnection, source: str, raw_parquet: Path, options: LoadOptions) -> dict:
+    """Replace `source`'s rows of `messages` and `quarantine` from its raw Parquet in one transaction.
+
+    Returns counts: messages, quarantined rows by reason, conversations by method.
+    """
+    ensure_schema(con)
+    con.execute(_STAGE_SQL, {"path": str(raw_parquet), "max_text_chars": options.max_text_chars})
+    con.execute(
+        _MESSAGES_SQL,
+        {
+            "source": source,
+            "gap_seconds": options.gap_minutes * 60,
+            "train_ratio": options.train_ratio,
+            "dev_ratio": options.dev_ratio,
+        },
+    )
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM messages WHERE source = $source", {"source": source})
+        con.execute("INSERT INTO messages SELECT * FROM loaded ORDER BY channel, conversation_id, position")
+        con.execute("DELETE FROM quarantine WHERE source = $source", {"source": source})
+        con.execute(f"INSERT INTO quarantine {_QUARANTINE_SELECT}", {"source": source})
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.execute("DROP TABLE IF EXISTS staged; DROP TABLE IF EXISTS loaded")
+    return message_counts(con, source)
+
+
+def message_counts(con: duckdb.DuckDBPyConnection, source: str) -> dict:
+    """Counts of one source in the warehouse: messages, conversations by method, quarantine by reason."""
+    params = {"source": source}
+    messages = con.execute("SELECT count(*) FROM messages WHERE source = $source", params).fetchone()[0]
+    by_method = dict(
+        con.execute(
+            "SELECT conversation_method, count(DISTINCT conversation_id) FROM messages WHERE source = $source "
+            "GROUP BY ALL ORDER BY 1",
+            params,
+        ).fetchall()
+    )
+    quarantined = dict(
+        con.execute(
+            "SELECT reason, count(*) FROM quarantine WHERE source = $source GROUP BY ALL ORDER BY 1", params
+        ).fetchall()
+    )
+    return {
+        "messages": messages,
+        "conversations": sum(by_method.values()),
+        "conversations_by_method": by_method,
+        "quarantined": sum(quarantined.values()),
+        "quarantine_by_reason": quarantined,
+    }

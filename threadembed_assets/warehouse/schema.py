@@ -1,0 +1,61 @@
+"""DuckDB tables of the warehouse. Every table carries `source`, the partition key a materialization replaces."""
+
+import duckdb
+
+MESSAGES_DDL = """
+CREATE TABLE IF NOT EXISTS messages (
+    source VARCHAR NOT NULL,
+    platform VARCHAR NOT NULL,
+    channel VARCHAR,
+    message_id VARCHAR NOT NULL,
+    conversation_id VARCHAR NOT NULL,
+    reply_to VARCHAR,
+    author VARCHAR,
+    ts TIMESTAMP,
+    position INTEGER NOT NULL,
+    text VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    conversation_method VARCHAR NOT NULL  -- gold | reply_chain | time_gap
+)
+"""
+
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    source VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,   -- category: malformed_json, invalid_utf8, no_text, oversize, ...
+    detail VARCHAR,            -- the full message of what went wrong
+    message_id VARCHAR,
+    conversation_id VARCHAR,   -- as the row gave it, so a conversation lost to quarantine can be traced
+    origin VARCHAR,            -- file or upstream the row came from
+    seq BIGINT,                -- its line or row number there
+    raw VARCHAR                -- the row's text, cut to 2,000 characters
+)
+"""
+
+CONVERSATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS conversations (
+    source VARCHAR NOT NULL,
+    platform VARCHAR NOT NULL,
+    channel VARCHAR,
+    conversation_id VARCHAR NOT NULL,
+    conversation_method VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    n_messages INTEGER NOT NULL,
+    n_authors INTEGER NOT NULL,
+    participants VARCHAR[],
+    started_at TIMESTAMP,
+    ended_at TIMESTAMP
+)
+"""
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the warehouse tables that do not exist yet; set the session to UTC."""
+    con.execute("SET TimeZone = 'UTC'")
+    for ddl in (MESSAGES_DDL, QUARANTINE_DDL, CONVERSATIONS_DDL):
+        con.execute(ddl)
+
+
+def table_schema(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    """(column, type) pairs of a warehouse table."""
+    return [(row[0], row[1]) for row in con.execute(f"DESCRIBE {table}").fetchall()]

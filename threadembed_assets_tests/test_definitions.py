@@ -1,0 +1,32 @@
+import dagster as dg
+
+from threadembed_assets.definitions import defs
+from threadembed_assets.sources.registry import SOURCES
+from threadembed_assets.warehouse.assets import source_partitions
+
+DESIGN_SOURCES = {
+    "discord_dialogues", "irc_disentangle", "discord_unveiled", "slack_disentangled", "flyte_slack",
+    "slack_long_responses", "clojurians", "topical_chat", "ultrachat", "chat_export", "sample",
+}
+
+
+def test_definitions_load_and_validate():
+    dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"messages", "conversations"} <= keys
+    assert {f"raw_{source}" for source in DESIGN_SOURCES} <= keys
+
+
+def test_registry_covers_every_source_of_the_design():
+    assert set(SOURCES) == DESIGN_SOURCES
+    assert set(source_partitions.get_partition_keys()) == DESIGN_SOURCES
+    for spec in SOURCES.values():
+        assert spec.priority in {"P0", "P1", "P2"}
+        assert spec.platform and spec.upstream and spec.license
+
+
+def test_asset_groups():
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups["messages"] == groups["conversations"] == "warehouse"
+    assert all(groups[f"raw_{source}"] == "raw" for source in DESIGN_SOURCES)

@@ -1,0 +1,233 @@
+"""Every loader on small files written in its upstream schema."""
+
+import io
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from threadembed_assets.sources.config import RawSourceConfig
+from threadembed_assets.sources.hub import HubUnavailableError
+from threadembed_assets.sources.registry import SOURCES
+
+
+def load(source: str, **config) -> list[dict]:
+    table = pa.Table.from_batches(list(SOURCES[source].load(RawSourceConfig(**config))))
+    return table.to_pylist()
+
+
+def messages_only(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["error"] is None]
+
+
+def test_irc_disentangle_conversations_from_connections(tmp_path):
+    lines = [
+        (1000, "[04:14] <alice> my wifi died after the update", [1000, 1002]),
+        (1001, "[04:15] <bob> anyone tried the new kernel?", [1001, 1003]),
+        (1002, "[04:15] <carol> alice: check dmesg for firmware errors", [1000]),
+        (1003, "[04:16] <dave> bob: yes, works fine", [1001]),
+        (1004, "=== erin is now known as erin_", []),
+        (1005, "[04:17]  * alice reboots", [1002]),
+    ]
+    table = pa.table({
+        "id": pa.array([i for i, _, _ in lines], pa.int32()),
+        "raw": [raw for _, raw, _ in lines],
+        "ascii": [raw for _, raw, _ in lines],
+        "tokenized": [raw.lower() for _, raw, _ in lines],
+        "date": ["2004-11-15"] * len(lines),
+        "connections": pa.array([c for _, _, c in lines], pa.list_(pa.int32())),
+    })
+    pq.write_table(table, tmp_path / "train-00000.parquet")
+    rows = load("irc_disentangle", path=str(tmp_path))
+    by_id = {r["message_id"]: r for r in messages_only(rows)}
+    assert by_id["1002"]["conversation_id"] == by_id["1000"]["conversation_id"]
+    assert by_id["1005"]["conversation_id"] == by_id["1000"]["conversation_id"]
+    assert by_id["1003"]["conversation_id"] == by_id["1001"]["conversation_id"] != by_id["1000"]["conversation_id"]
+    assert by_id["1002"]["reply_to"] == "1000" and by_id["1000"]["reply_to"] is None
+    assert by_id["1002"]["author"] == "carol" and by_id["1002"]["timestamp"] == "2004-11-15T04:15:00"
+    assert by_id["1005"]["text"] == "/me reboots"
+    assert [r["error"] for r in rows if r["error"]] == ["system_message"]
+
+
+def test_discord_dialogues_chatml(tmp_path):
+    chains = [
+        "<|im_start|>user\nanyone know a good pc case?<|im_end|>\n<|im_start|>assistant\nthe mesh ones<|im_end|>\n"
+        "<|im_start|>user\nthanks<|im_end|>",
+        "<|im_start|>user\nlol<|im_end|>\n<|im_start|>assistant\nxd<|end_of_text|>",
+    ]
+    pq.write_table(pa.table({"text": chains, "tokens": [30, 8]}), tmp_path / "train.parquet")
+    rows = load("discord_dialogues", path=str(tmp_path / "train.parquet"))
+    assert [r["text"] for r in rows] == ["anyone know a good pc case?", "the mesh ones", "thanks", "lol", "xd"]
+    assert len({r["conversation_id"] for r in rows}) == 2
+    assert rows[1]["reply_to"] == rows[0]["message_id"] and rows[0]["platform"] == "discord"
+
+
+def _discord_api_message(message_id: int, channel_id: int, content: str, kind: int = 0, reply: int | None = None):
+    message = {
+        "id": str(message_id), "channel_id": str(channel_id), "channel_name": f"chan{channel_id}",
+        "author": {"id": "9", "username": f"user{message_id % 3}", "discriminator": "0", "bot": False},
+        "content": content, "timestamp": "2023-05-01T10:00:00.000000+00:00", "edited_timestamp": None,
+        "type": kind, "attachments": [], "embeds": [], "mentions": [], "pinned": False, "tts": False, "flags": 0,
+    }
+    if reply:
+        message["message_reference"] = {"message_id": str(reply), "guild_id": "1"}
+    return message
+
+
+def _write_unveiled_zst(path, guilds: dict[str, list[dict]]):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, messages in guilds.items():
+            data = "\n".join(json.dumps(m) for m in messages).encode()
+            info = tarfile.TarInfo(f"./{name}.json")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    path.write_bytes(zstandard.ZstdCompressor().compress(buffer.getvalue()))
+
+
+def test_discord_unveiled_sample_is_deterministic_seedable_and_bounded(tmp_path):
+    hour = 3_600_000 << 22
+    messages = [
+        _discord_api_message(hour * h + i, channel, f"message {h} {i}", reply=hour * h + i - 1 if i else None)
+        for channel in (1, 2) for h in range(40) for i in range(3)
+    ]
+    messages.append(_discord_api_message(hour * 41, 1, "", kind=7))  # a member join
+    archive = tmp_path / "dataset.zst"
+    _write_unveiled_zst(archive, {"111": messages[:120], "222": messages[120:]})
+
+    everything = load("discord_unveiled", path=str(archive), sample_rate=1.0)
+    assert len(messages_only(everything)) == 240
+    assert [r["error"] for r in everything if r["error"]] == ["system_message: type 7"]
+
+    first = load("discord_unveiled", path=str(archive), sample_rate=0.3, seed=1)
+    again = load("discord_unveiled", path=str(archive), sample_rate=0.3, seed=1)
+    other = load("discord_unveiled", path=str(archive), sample_rate=0.3, seed=2)
+    ids = [r["message_id"] for r in messages_only(first)]
+    assert ids == [r["message_id"] for r in messages_only(again)]
+    assert ids != [r["message_id"] for r in messages_only(other)]
+    assert 0 < len(ids) < 240 and len(ids) % 3 == 0  # whole channel-hours, so conversations stay whole
+    kept = {r["message_id"] for r in messages_only(first)}
+    assert all(r["reply_to"] in kept for r in messages_only(first) if r["reply_to"])
+
+    bounded = load("discord_unveiled", path=str(archive), sample_rate=1.0, max_rows=10)
+    assert len(bounded) == 10
+
+
+def test_slack_disentangled_xml(tmp_path):
+    folder = tmp_path / "pythondev" / "2018"
+    folder.mkdir(parents=True)
+    (folder / "merged-pythondev-help.xml").write_text(
+        "<slack><team_domain>pythondev</team_domain><channel_name>help</channel_name>"
+        "<start_date>2018-12-01T00:00:00</start_date><end_date>2018-12-31T00:00:00</end_date>"
+        '<message conversation_id="1"><ts>2018-12-31T04:52:41.387200</ts><user>Fred</user>'
+        "<text>how do I read a csv with pandas?</text></message>"
+        '<message conversation_id="2"><ts>2018-12-31T04:53:00.000000</ts><user>Ann</user>'
+        "<text>is the meeting today?</text></message>"
+        '<message conversation_id="1"><ts>2018-12-31T04:54:02.100000</ts><user>Bo</user>'
+        "<text>&lt;@Fred&gt; pd.read_csv(path)</text></message></slack>"
+    )
+    rows = load("slack_disentangled", path=str(tmp_path))
+    assert [r["author"] for r in rows] == ["Fred", "Ann", "Bo"]
+    assert rows[0]["conversation_id"] == rows[2]["conversation_id"] != rows[1]["conversation_id"]
+    assert rows[2]["text"] == "<@Fred> pd.read_csv(path)" and rows[0]["timestamp"].startswith("2018-12-31T04:52")
+
+
+def test_slack_disentangled_without_files_says_where_to_put_them(workdir):
+    with pytest.raises(FileNotFoundError, match="slack_disentangled.*path"):
+        load("slack_disentangled")
+
+
+@pytest.mark.parametrize("source", ["flyte_slack", "slack_long_responses"])
+def test_slack_thread_qa_datasets(tmp_path, source):
+    table = pa.table({
+        "input": ["U024: ```how do I cache a task output?```", "U031: ```map task fails on k8s```"],
+        "output": ["set cache=True and a cache_version", "check the pod resources\nand the image"],
+    })
+    pq.write_table(table, tmp_path / "train.parquet")
+    rows = load(source, path=str(tmp_path))
+    assert [r["text"] for r in rows[:2]] == ["how do I cache a task output?", "set cache=True and a cache_version"]
+    assert rows[0]["author"] == "U024" and rows[1]["reply_to"] == rows[0]["message_id"]
+    assert len({r["conversation_id"] for r in rows}) == 2
+
+
+def test_clojurians_slack_export_folder(tmp_path):
+    (tmp_path / "users.json").write_text(json.dumps([{"id": "U1", "name": "rich"}, {"id": "U2", "name": "alex"}]))
+    (tmp_path / "channels.json").write_text(json.dumps([{"id": "C1", "name": "beginners"}]))
+    (tmp_path / "beginners").mkdir()
+    (tmp_path / "beginners" / "2020-01-02.json").write_text(json.dumps([
+        {"type": "message", "user": "U1", "text": "how do I reverse a vector?", "ts": "1577923200.000100",
+         "thread_ts": "1577923200.000100"},
+        {"type": "message", "user": "U2", "text": "rseq or reverse", "ts": "1577923260.000200",
+         "thread_ts": "1577923200.000100", "parent_user_id": "U1"},
+        {"type": "message", "subtype": "channel_join", "user": "U2", "text": "<@U2> has joined", "ts": "1577923000.1"},
+    ]))
+    rows = load("clojurians", path=str(tmp_path))
+    good = messages_only(rows)
+    assert [r["author"] for r in good] == ["rich", "alex"]
+    assert good[1]["reply_to"] == good[0]["message_id"] and good[0]["conversation_id"] == good[1]["conversation_id"]
+    assert good[0]["timestamp"].startswith("2020-01-02T00:00:00")
+    assert [r["error"] for r in rows if r["error"]] == ["system_message: channel_join"]
+
+
+def test_topical_chat_jsonl(tmp_path):
+    record = {
+        "article_url": "https://example.com/a", "config": "A",
+        "content": [
+            {"message": "Are you a football fan?", "agent": "agent_1", "sentiment": "Curious to dive deeper",
+             "knowledge_source": ["AS1"], "turn_rating": "Good"},
+            {"message": "Yes, I watch every weekend", "agent": "agent_2", "sentiment": "Happy",
+             "knowledge_source": ["Personal Knowledge"], "turn_rating": "Good"},
+        ],
+        "conversation_rating": {"agent_1": "Good", "agent_2": "Good"},
+    }
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    rows = load("topical_chat", path=str(tmp_path / "train.jsonl"))
+    assert [(r["author"], r["text"]) for r in rows] == [
+        ("agent_1", "Are you a football fan?"), ("agent_2", "Yes, I watch every weekend")]
+
+
+def test_ultrachat_parquet(tmp_path):
+    table = pa.table({
+        "prompt": ["How do plants breathe?"], "prompt_id": ["abc123"],
+        "messages": [[{"content": "How do plants breathe?", "role": "user"},
+                      {"content": "Through stomata.", "role": "assistant"}]],
+    })
+    pq.write_table(table, tmp_path / "train_sft-00000.parquet")
+    rows = load("ultrachat", path=str(tmp_path))
+    assert [r["conversation_id"] for r in rows] == ["abc123", "abc123"]
+    assert rows[1]["author"] == "assistant" and rows[1]["reply_to"] == rows[0]["message_id"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["irc_disentangle", "discord_dialogues", "discord_unveiled", "flyte_slack", "slack_long_responses",
+     "topical_chat", "ultrachat"],
+)
+def test_hub_loaders_fail_at_once_offline_with_what_to_do(source):
+    with pytest.raises(HubUnavailableError) as raised:
+        load(source)
+    message = str(raised.value)
+    assert source in message and SOURCES[source].upstream in message and "path" in message
+
+
+def test_sample_is_deterministic_multi_platform_and_interleaved():
+    rows = load("sample", n_messages=1400, seed=3)
+    assert rows == load("sample", n_messages=1400, seed=3)
+    assert rows != load("sample", n_messages=1400, seed=4)
+    assert 1300 <= len(rows) <= 1500
+    assert {r["platform"] for r in rows} == {"irc", "discord", "slack"}
+    ids = {r["message_id"] for r in rows}
+    assert len(ids) == len(rows)
+    assert all(r["reply_to"] in ids for r in rows if r["reply_to"])
+    assert sum(1 for r in rows if r["reply_to"]) > len(rows) / 2
+    # Threads interleave: in a channel, consecutive messages often belong to different conversations.
+    switches = sum(
+        1 for a, b in zip(rows, rows[1:], strict=False)
+        if a["channel"] == b["channel"] and a["conversation_id"] != b["conversation_id"]
+    )
+    assert switches > len(rows) / 4
+    assert any(r["platform"] == "irc" and ": " in r["text"][:12] for r in rows)  # nick address
+    assert len({r["text"].split()[0] for r in rows}) > 100  # topical variety
