@@ -1,6 +1,6 @@
 """`make run`: materialize the pipeline for one source partition and print a short summary.
 
-    python -m threadembed_assets.run --source sample --preset cpu
+python -m threadembed_assets.run --source sample --preset cpu
 """
 
 import argparse
@@ -39,7 +39,8 @@ def summary(source: str) -> str:
             "SELECT split, count(*) FROM conversations WHERE source = $source GROUP BY ALL ORDER BY 1", params
         ).fetchall()
         quarantine = con.execute(
-            "SELECT reason, count(*) FROM quarantine WHERE source = $source GROUP BY ALL ORDER BY 2 DESC", params
+            "SELECT reason, count(*) FROM quarantine WHERE source = $source GROUP BY ALL ORDER BY 2 DESC",
+            params,
         ).fetchall()
     lines = [
         f"source {source}: {n_messages} messages, {sum(n for _, n in splits)} conversations "

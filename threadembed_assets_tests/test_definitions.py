@@ -5,8 +5,17 @@ from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.warehouse.assets import source_partitions
 
 DESIGN_SOURCES = {
-    "discord_dialogues", "irc_disentangle", "discord_unveiled", "slack_disentangled", "flyte_slack",
-    "slack_long_responses", "clojurians", "topical_chat", "ultrachat", "chat_export", "sample",
+    "discord_dialogues",
+    "irc_disentangle",
+    "discord_unveiled",
+    "slack_disentangled",
+    "flyte_slack",
+    "slack_long_responses",
+    "clojurians",
+    "topical_chat",
+    "ultrachat",
+    "chat_export",
+    "sample",
 }
 
 

@@ -32,14 +32,16 @@ def test_irc_disentangle_conversations_from_connections(tmp_path):
         (1004, "=== erin is now known as erin_", []),
         (1005, "[04:17]  * alice reboots", [1002]),
     ]
-    table = pa.table({
-        "id": pa.array([i for i, _, _ in lines], pa.int32()),
-        "raw": [raw for _, raw, _ in lines],
-        "ascii": [raw for _, raw, _ in lines],
-        "tokenized": [raw.lower() for _, raw, _ in lines],
-        "date": ["2004-11-15"] * len(lines),
-        "connections": pa.array([c for _, _, c in lines], pa.list_(pa.int32())),
-    })
+    table = pa.table(
+        {
+            "id": pa.array([i for i, _, _ in lines], pa.int32()),
+            "raw": [raw for _, raw, _ in lines],
+            "ascii": [raw for _, raw, _ in lines],
+            "tokenized": [raw.lower() for _, raw, _ in lines],
+            "date": ["2004-11-15"] * len(lines),
+            "connections": pa.array([c for _, _, c in lines], pa.list_(pa.int32())),
+        }
+    )
     pq.write_table(table, tmp_path / "train-00000.parquet")
     rows = load("irc_disentangle", path=str(tmp_path))
     by_id = {r["message_id"]: r for r in messages_only(rows)}
@@ -60,17 +62,33 @@ def test_discord_dialogues_chatml(tmp_path):
     ]
     pq.write_table(pa.table({"text": chains, "tokens": [30, 8]}), tmp_path / "train.parquet")
     rows = load("discord_dialogues", path=str(tmp_path / "train.parquet"))
-    assert [r["text"] for r in rows] == ["anyone know a good pc case?", "the mesh ones", "thanks", "lol", "xd"]
+    assert [r["text"] for r in rows] == [
+        "anyone know a good pc case?",
+        "the mesh ones",
+        "thanks",
+        "lol",
+        "xd",
+    ]
     assert len({r["conversation_id"] for r in rows}) == 2
     assert rows[1]["reply_to"] == rows[0]["message_id"] and rows[0]["platform"] == "discord"
 
 
 def _discord_api_message(message_id: int, channel_id: int, content: str, kind: int = 0, reply: int | None = None):
     message = {
-        "id": str(message_id), "channel_id": str(channel_id), "channel_name": f"chan{channel_id}",
+        "id": str(message_id),
+        "channel_id": str(channel_id),
+        "channel_name": f"chan{channel_id}",
         "author": {"id": "9", "username": f"user{message_id % 3}", "discriminator": "0", "bot": False},
-        "content": content, "timestamp": "2023-05-01T10:00:00.000000+00:00", "edited_timestamp": None,
-        "type": kind, "attachments": [], "embeds": [], "mentions": [], "pinned": False, "tts": False, "flags": 0,
+        "content": content,
+        "timestamp": "2023-05-01T10:00:00.000000+00:00",
+        "edited_timestamp": None,
+        "type": kind,
+        "attachments": [],
+        "embeds": [],
+        "mentions": [],
+        "pinned": False,
+        "tts": False,
+        "flags": 0,
     }
     if reply:
         message["message_reference"] = {"message_id": str(reply), "guild_id": "1"}
@@ -92,7 +110,9 @@ def test_discord_unveiled_sample_is_deterministic_seedable_and_bounded(tmp_path)
     hour = 3_600_000 << 22
     messages = [
         _discord_api_message(hour * h + i, channel, f"message {h} {i}", reply=hour * h + i - 1 if i else None)
-        for channel in (1, 2) for h in range(40) for i in range(3)
+        for channel in (1, 2)
+        for h in range(40)
+        for i in range(3)
     ]
     messages.append(_discord_api_message(hour * 41, 1, "", kind=7))  # a member join
     archive = tmp_path / "dataset.zst"
@@ -142,13 +162,18 @@ def test_slack_disentangled_without_files_says_where_to_put_them(workdir):
 
 @pytest.mark.parametrize("source", ["flyte_slack", "slack_long_responses"])
 def test_slack_thread_qa_datasets(tmp_path, source):
-    table = pa.table({
-        "input": ["U024: ```how do I cache a task output?```", "U031: ```map task fails on k8s```"],
-        "output": ["set cache=True and a cache_version", "check the pod resources\nand the image"],
-    })
+    table = pa.table(
+        {
+            "input": ["U024: ```how do I cache a task output?```", "U031: ```map task fails on k8s```"],
+            "output": ["set cache=True and a cache_version", "check the pod resources\nand the image"],
+        }
+    )
     pq.write_table(table, tmp_path / "train.parquet")
     rows = load(source, path=str(tmp_path))
-    assert [r["text"] for r in rows[:2]] == ["how do I cache a task output?", "set cache=True and a cache_version"]
+    assert [r["text"] for r in rows[:2]] == [
+        "how do I cache a task output?",
+        "set cache=True and a cache_version",
+    ]
     assert rows[0]["author"] == "U024" and rows[1]["reply_to"] == rows[0]["message_id"]
     assert len({r["conversation_id"] for r in rows}) == 2
 
@@ -157,13 +182,34 @@ def test_clojurians_slack_export_folder(tmp_path):
     (tmp_path / "users.json").write_text(json.dumps([{"id": "U1", "name": "rich"}, {"id": "U2", "name": "alex"}]))
     (tmp_path / "channels.json").write_text(json.dumps([{"id": "C1", "name": "beginners"}]))
     (tmp_path / "beginners").mkdir()
-    (tmp_path / "beginners" / "2020-01-02.json").write_text(json.dumps([
-        {"type": "message", "user": "U1", "text": "how do I reverse a vector?", "ts": "1577923200.000100",
-         "thread_ts": "1577923200.000100"},
-        {"type": "message", "user": "U2", "text": "rseq or reverse", "ts": "1577923260.000200",
-         "thread_ts": "1577923200.000100", "parent_user_id": "U1"},
-        {"type": "message", "subtype": "channel_join", "user": "U2", "text": "<@U2> has joined", "ts": "1577923000.1"},
-    ]))
+    (tmp_path / "beginners" / "2020-01-02.json").write_text(
+        json.dumps(
+            [
+                {
+                    "type": "message",
+                    "user": "U1",
+                    "text": "how do I reverse a vector?",
+                    "ts": "1577923200.000100",
+                    "thread_ts": "1577923200.000100",
+                },
+                {
+                    "type": "message",
+                    "user": "U2",
+                    "text": "rseq or reverse",
+                    "ts": "1577923260.000200",
+                    "thread_ts": "1577923200.000100",
+                    "parent_user_id": "U1",
+                },
+                {
+                    "type": "message",
+                    "subtype": "channel_join",
+                    "user": "U2",
+                    "text": "<@U2> has joined",
+                    "ts": "1577923000.1",
+                },
+            ]
+        )
+    )
     rows = load("clojurians", path=str(tmp_path))
     good = messages_only(rows)
     assert [r["author"] for r in good] == ["rich", "alex"]
@@ -174,27 +220,47 @@ def test_clojurians_slack_export_folder(tmp_path):
 
 def test_topical_chat_jsonl(tmp_path):
     record = {
-        "article_url": "https://example.com/a", "config": "A",
+        "article_url": "https://example.com/a",
+        "config": "A",
         "content": [
-            {"message": "Are you a football fan?", "agent": "agent_1", "sentiment": "Curious to dive deeper",
-             "knowledge_source": ["AS1"], "turn_rating": "Good"},
-            {"message": "Yes, I watch every weekend", "agent": "agent_2", "sentiment": "Happy",
-             "knowledge_source": ["Personal Knowledge"], "turn_rating": "Good"},
+            {
+                "message": "Are you a football fan?",
+                "agent": "agent_1",
+                "sentiment": "Curious to dive deeper",
+                "knowledge_source": ["AS1"],
+                "turn_rating": "Good",
+            },
+            {
+                "message": "Yes, I watch every weekend",
+                "agent": "agent_2",
+                "sentiment": "Happy",
+                "knowledge_source": ["Personal Knowledge"],
+                "turn_rating": "Good",
+            },
         ],
         "conversation_rating": {"agent_1": "Good", "agent_2": "Good"},
     }
     (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
     rows = load("topical_chat", path=str(tmp_path / "train.jsonl"))
     assert [(r["author"], r["text"]) for r in rows] == [
-        ("agent_1", "Are you a football fan?"), ("agent_2", "Yes, I watch every weekend")]
+        ("agent_1", "Are you a football fan?"),
+        ("agent_2", "Yes, I watch every weekend"),
+    ]
 
 
 def test_ultrachat_parquet(tmp_path):
-    table = pa.table({
-        "prompt": ["How do plants breathe?"], "prompt_id": ["abc123"],
-        "messages": [[{"content": "How do plants breathe?", "role": "user"},
-                      {"content": "Through stomata.", "role": "assistant"}]],
-    })
+    table = pa.table(
+        {
+            "prompt": ["How do plants breathe?"],
+            "prompt_id": ["abc123"],
+            "messages": [
+                [
+                    {"content": "How do plants breathe?", "role": "user"},
+                    {"content": "Through stomata.", "role": "assistant"},
+                ]
+            ],
+        }
+    )
     pq.write_table(table, tmp_path / "train_sft-00000.parquet")
     rows = load("ultrachat", path=str(tmp_path))
     assert [r["conversation_id"] for r in rows] == ["abc123", "abc123"]
@@ -203,8 +269,15 @@ def test_ultrachat_parquet(tmp_path):
 
 @pytest.mark.parametrize(
     "source",
-    ["irc_disentangle", "discord_dialogues", "discord_unveiled", "flyte_slack", "slack_long_responses",
-     "topical_chat", "ultrachat"],
+    [
+        "irc_disentangle",
+        "discord_dialogues",
+        "discord_unveiled",
+        "flyte_slack",
+        "slack_long_responses",
+        "topical_chat",
+        "ultrachat",
+    ],
 )
 def test_hub_loaders_fail_at_once_offline_with_what_to_do(source):
     with pytest.raises(HubUnavailableError) as raised:
@@ -225,7 +298,8 @@ def test_sample_is_deterministic_multi_platform_and_interleaved():
     assert sum(1 for r in rows if r["reply_to"]) > len(rows) / 2
     # Threads interleave: in a channel, consecutive messages often belong to different conversations.
     switches = sum(
-        1 for a, b in zip(rows, rows[1:], strict=False)
+        1
+        for a, b in zip(rows, rows[1:], strict=False)
         if a["channel"] == b["channel"] and a["conversation_id"] != b["conversation_id"]
     )
     assert switches > len(rows) / 4

@@ -36,9 +36,7 @@ def read_chat_jsonl(path: Path, source: str, platform: str | None) -> Iterator[p
 
 def _read_fast(path: Path, source: str, platform: str | None) -> Iterator[pa.RecordBatch]:
     con = duckdb.connect()
-    select = ", ".join(
-        f"coalesce({name}, $source) AS {name}" if name == "source" else name for name in CHAT_FIELDS
-    )
+    select = ", ".join(f"coalesce({name}, $source) AS {name}" if name == "source" else name for name in CHAT_FIELDS)
     platform_sql = " ".join(f"WHEN lower(source) LIKE '%{name}%' THEN '{name}'" for name in _PLATFORMS)
     select += f", coalesce($platform, CASE {platform_sql} ELSE 'chat' END) AS platform"
     reader = con.sql(

@@ -7,24 +7,32 @@ _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|<\|end_of_
 
 
 def turns_to_rows(
-    turns: list[tuple[str, str]], conversation: str, channel: str, source: str, platform: str, origin: str, seq: int
+    turns: list[tuple[str, str]],
+    conversation: str,
+    channel: str,
+    source: str,
+    platform: str,
+    origin: str,
+    seq: int,
 ) -> list[dict]:
     """(author, text) turns of one conversation as chat rows, each replying to the turn before."""
     rows = []
     for index, (author, text) in enumerate(turns):
-        rows.append({
-            "source": source,
-            "platform": platform,
-            "channel": channel,
-            "message_id": f"{conversation}:{index}",
-            "conversation_id": conversation,
-            "reply_to": f"{conversation}:{index - 1}" if index else None,
-            "timestamp": None,
-            "author": author,
-            "text": text,
-            "origin": origin,
-            "seq": seq,
-        })
+        rows.append(
+            {
+                "source": source,
+                "platform": platform,
+                "channel": channel,
+                "message_id": f"{conversation}:{index}",
+                "conversation_id": conversation,
+                "reply_to": f"{conversation}:{index - 1}" if index else None,
+                "timestamp": None,
+                "author": author,
+                "text": text,
+                "origin": origin,
+                "seq": seq,
+            }
+        )
     return rows
 
 
@@ -64,5 +72,8 @@ def thread_qa_rows(records: Iterable[dict], source: str, origin: str) -> Iterato
         if not question:
             asker, question = "asker", asker
         question = question.strip().strip("`").strip()
-        turns = [(asker.strip() or "asker", question), ("thread_replies", (record.get("output") or "").strip())]
+        turns = [
+            (asker.strip() or "asker", question),
+            ("thread_replies", (record.get("output") or "").strip()),
+        ]
         yield from turns_to_rows(turns, f"t{seq}", source, source, "slack", origin, seq)

@@ -4,6 +4,7 @@ import hashlib
 import json
 import tarfile
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
@@ -71,9 +72,7 @@ def sample_bucket(message_id: str, channel_id: str, seed: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def discord_api_rows(
-    lines: Iterable[bytes], source: str, origin: str, seed: int, sample_rate: float
-) -> Iterator[dict]:
+def discord_api_rows(lines: Iterable[bytes], source: str, origin: str, seed: int, sample_rate: float) -> Iterator[dict]:
     """Sampled rows from JSON lines of Discord API messages (Discord Unveiled's per-guild files)."""
     for seq, raw_line in enumerate(lines, start=1):
         if not raw_line.strip():
@@ -122,12 +121,14 @@ def discord_unveiled_files(path: str | None, upstream: str, source: str) -> Iter
             with file.open("rb") as handle:
                 yield file.name, handle
         return
-    if path:
-        opened = Path(path).open("rb")
-    else:
+    if not path:
         ensure_hub_reachable(source, upstream)
-        from huggingface_hub import HfFileSystem
+    with ExitStack() as stack:
+        if path:
+            compressed = stack.enter_context(Path(path).open("rb"))
+        else:
+            from huggingface_hub import HfFileSystem
 
-        opened = HfFileSystem().open(f"datasets/{upstream}/dataset.zst", "rb")
-    with opened, zstandard.ZstdDecompressor().stream_reader(opened) as stream:
+            compressed = stack.enter_context(HfFileSystem().open(f"datasets/{upstream}/dataset.zst", "rb"))
+        stream = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(compressed))
         yield from _tar_members(stream)

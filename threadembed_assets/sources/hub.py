@@ -65,9 +65,7 @@ def iter_hub_records(
         builder, files = local_data_files(path)
         return datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
     ensure_hub_reachable(source, upstream)
-    return datasets.load_dataset(
-        upstream, name, split=split, revision=revision, data_files=data_files, streaming=True
-    )
+    return datasets.load_dataset(upstream, name, split=split, revision=revision, data_files=data_files, streaming=True)
 
 
 def limited(rows: Iterable[dict], max_rows: int | None) -> Iterator[dict]:

@@ -79,11 +79,20 @@ def generate_sample(n_messages: int = 5000, seed: int = 0, source: str = "sample
                     reply_to = ids[0]  # Slack threads reply to the thread's root
                 elif platform == "discord" and rng.random() < 0.3:
                     reply_to = None  # many Discord replies don't use the reply button
-                rows.append({
-                    "source": source, "platform": platform, "channel": channel, "message_id": message_id,
-                    "conversation_id": conversation_id, "reply_to": reply_to, "timestamp": ts.isoformat(),
-                    "author": author, "text": text, "origin": f"sample:seed={seed}",
-                })
+                rows.append(
+                    {
+                        "source": source,
+                        "platform": platform,
+                        "channel": channel,
+                        "message_id": message_id,
+                        "conversation_id": conversation_id,
+                        "reply_to": reply_to,
+                        "timestamp": ts.isoformat(),
+                        "author": author,
+                        "text": text,
+                        "origin": f"sample:seed={seed}",
+                    }
+                )
                 ids.append(message_id)
                 ts += timedelta(seconds=rng.randint(15, 400))
         rows.sort(key=lambda row: row["timestamp"])

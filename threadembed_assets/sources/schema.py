@@ -4,7 +4,16 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-CHAT_FIELDS = ["source", "channel", "message_id", "conversation_id", "reply_to", "timestamp", "author", "text"]
+CHAT_FIELDS = [
+    "source",
+    "channel",
+    "message_id",
+    "conversation_id",
+    "reply_to",
+    "timestamp",
+    "author",
+    "text",
+]
 
 RAW_SCHEMA = pa.schema(
     [(name, pa.string()) for name in CHAT_FIELDS]

@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -11,9 +12,21 @@ from threadembed_assets.sources.schema import error_row
 
 # Message subtypes that carry no conversation (joins, topic changes, ...); they are quarantined, not mixed in.
 _SYSTEM_SUBTYPES = {
-    "channel_join", "channel_leave", "channel_topic", "channel_purpose", "channel_name", "channel_archive",
-    "channel_unarchive", "group_join", "group_leave", "pinned_item", "unpinned_item", "bot_add", "bot_remove",
-    "reminder_add", "tombstone",
+    "channel_join",
+    "channel_leave",
+    "channel_topic",
+    "channel_purpose",
+    "channel_name",
+    "channel_archive",
+    "channel_unarchive",
+    "group_join",
+    "group_leave",
+    "pinned_item",
+    "unpinned_item",
+    "bot_add",
+    "bot_remove",
+    "reminder_add",
+    "tombstone",
 }
 
 
@@ -27,9 +40,7 @@ def slack_ts_to_iso(ts: str | float | None) -> str | None:
         return str(ts)  # left as is: the warehouse quarantines it as an unparseable time
 
 
-def slack_messages(
-    messages: list, channel: str, users: dict[str, str], source: str, origin: str
-) -> Iterator[dict]:
+def slack_messages(messages: list, channel: str, users: dict[str, str], source: str, origin: str) -> Iterator[dict]:
     """Rows from one channel-day list of Slack export messages; threads become conversations."""
     if not isinstance(messages, list):
         yield error_row(source, "slack", origin, 0, "malformed_export: expected a list of messages")
@@ -123,7 +134,10 @@ def read_slack_export_zip(archive: Path, source: str, max_bytes: int) -> Iterato
         declared = sum(m.file_size for m in members)
         if declared > max_bytes:
             yield error_row(
-                source, "slack", archive.name, 0,
+                source,
+                "slack",
+                archive.name,
+                0,
                 f"archive_too_large: expands to {declared} bytes, limit {max_bytes}",
             )
             return
@@ -135,8 +149,12 @@ def read_slack_export_zip(archive: Path, source: str, max_bytes: int) -> Iterato
             if _unsafe_member(member.filename):
                 yield error_row(source, "slack", origin, seq, "unsafe_archive_entry: path leaves the archive")
                 continue
-            with zf.open(member) as handle:
-                data = handle.read(budget + 1)
+            try:
+                with zf.open(member) as handle:
+                    data = handle.read(budget + 1)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                yield error_row(source, "slack", origin, seq, f"malformed_archive: {exc}")
+                continue
             budget -= len(data)
             if budget < 0:
                 yield error_row(

@@ -36,8 +36,12 @@ def build_conversations(con: duckdb.DuckDBPyConnection, source: str) -> dict:
             "SELECT split, count(*) FROM conversations WHERE source = $source GROUP BY ALL ORDER BY 1", params
         ).fetchall()
     )
-    return {"conversations": stats[0], "median_messages": float(stats[1]), "with_3_plus": stats[2],
-            "by_split": by_split}
+    return {
+        "conversations": stats[0],
+        "median_messages": float(stats[1]),
+        "with_3_plus": stats[2],
+        "by_split": by_split,
+    }
 
 
 def conversation_preview(con: duckdb.DuckDBPyConnection, source: str, limit: int = 3, max_lines: int = 8) -> str:

@@ -1,0 +1,172 @@
+"""`messages` and `conversations` through real Dagster runs on a temporary DuckDB file."""
+
+import json
+import shutil
+
+import dagster as dg
+import pytest
+from dagster_duckdb import DuckDBResource
+
+from threadembed_assets.definitions import ASSETS
+from threadembed_assets_tests.conftest import materialize_source, need_shared, query
+
+
+def write_jsonl(path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def chat(i: int, text: str = "hello", conversation: str | None = "c1", channel: str = "#a", **extra) -> dict:
+    return {
+        "source": "mine",
+        "channel": channel,
+        "message_id": f"m{i}",
+        "conversation_id": conversation,
+        "reply_to": None,
+        "timestamp": f"2020-01-01T10:{i % 60:02d}:00",
+        "author": f"u{i % 3}",
+        "text": text,
+        **extra,
+    }
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset)
+    return event.materialization.metadata
+
+
+@pytest.mark.slow
+def test_irc_dev_gives_its_330_conversations(workdir, warehouse_db):
+    shutil.copy(need_shared("irc_dev.jsonl"), workdir / "data" / "imports" / "irc_dev.jsonl")
+    result = materialize_source("chat_export", warehouse_db)
+    assert result.success
+    ((n_messages, n_conversations),) = query(
+        warehouse_db,
+        "SELECT count(*), count(DISTINCT conversation_id) FROM messages WHERE source = 'chat_export'",
+    )
+    quarantined = query(warehouse_db, "SELECT reason, conversation_id FROM quarantine")
+    # 2,369 messages in 330 gold conversations; one conversation is a single message with empty text.
+    assert n_messages + len(quarantined) == 2369
+    assert quarantined == [("no_text", "2005-06-27_12:c1134")]
+    gold = query(
+        warehouse_db,
+        "SELECT DISTINCT conversation_id FROM messages UNION SELECT conversation_id FROM quarantine",
+    )
+    assert n_conversations == 329 and len(gold) == 330
+    assert query(warehouse_db, "SELECT DISTINCT conversation_method, platform FROM messages") == [("gold", "irc")]
+    assert metadata(result, "conversations")["dagster/row_count"].value == 329
+    assert {s for (s,) in query(warehouse_db, "SELECT DISTINCT split FROM conversations")} == {
+        "train",
+        "dev",
+        "test",
+    }
+
+
+def test_rematerialization_is_idempotent_and_leaves_other_partitions_alone(workdir, warehouse_db):
+    write_jsonl(workdir / "data" / "imports" / "mine.jsonl", [chat(i, f"text {i}", f"c{i // 4}") for i in range(40)])
+    assert materialize_source("sample", warehouse_db, {"n_messages": 600}).success
+    assert materialize_source("chat_export", warehouse_db).success
+    snapshot_sql = (
+        "SELECT source, count(*), count(DISTINCT conversation_id), sum(hash(message_id, conversation_id, split, "
+        "position)) FROM messages GROUP BY ALL ORDER BY 1"
+    )
+    before = query(warehouse_db, snapshot_sql)
+    conversations_before = query(warehouse_db, "SELECT * FROM conversations ORDER BY ALL")
+    assert materialize_source("sample", warehouse_db, {"n_messages": 600}).success
+    assert query(warehouse_db, snapshot_sql) == before
+    assert query(warehouse_db, "SELECT * FROM conversations ORDER BY ALL") == conversations_before
+    assert [row[0] for row in before] == ["chat_export", "sample"]
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_counted(workdir, warehouse_db):
+    imports = workdir / "data" / "imports"
+    lines = [json.dumps(chat(i, f"fine {i}")) for i in range(5)]
+    lines.append('{"message_id": "broken", "text": "no closing brace"')
+    lines.append(json.dumps(chat(10, text=None)))
+    lines.append(json.dumps({k: v for k, v in chat(11).items() if k != "text"}))
+    lines.append(json.dumps(chat(1, "same id again")))
+    lines.append(json.dumps(chat(12, "x" * 1_000_000)))
+    lines.append(json.dumps(chat(13, timestamp="yesterday-ish")))
+    with (imports / "mixed.jsonl").open("wb") as handle:
+        handle.write("\n".join(lines).encode() + b"\n")
+        handle.write(b'{"message_id": "latin", "text": "caf\xe9 au lait", "conversation_id": "c1"}\n')
+    result = materialize_source("chat_export", warehouse_db)
+    assert result.success
+    reasons = dict(query(warehouse_db, "SELECT reason, count(*) FROM quarantine GROUP BY ALL"))
+    assert reasons == {
+        "malformed_json": 1,
+        "no_text": 2,
+        "duplicate_message_id": 1,
+        "oversize": 1,
+        "unparseable_timestamp": 1,
+        "invalid_utf8": 1,
+    }
+    texts = [t for (t,) in query(warehouse_db, "SELECT text FROM messages ORDER BY position")]
+    assert texts == [f"fine {i}" for i in range(5)]
+    assert metadata(result, "messages")["quarantined"].value == 7
+    ((seq, origin),) = query(warehouse_db, "SELECT seq, origin FROM quarantine WHERE reason = 'malformed_json'")
+    assert (seq, origin) == (6, "mixed.jsonl")
+
+
+def test_conversations_are_derived_from_reply_chains_then_time_gaps(workdir, warehouse_db):
+    rows = [
+        chat(0, "anyone know vim?", None),
+        chat(1, "yes", None, reply_to="m0"),
+        chat(2, "how do I quit", None, reply_to="m1"),
+        chat(3, "lunch?", None),
+        chat(4, "sure", None),
+        {**chat(5, "back after a long break", None), "timestamp": "2020-01-01T15:00:00"},
+        chat(6, "joins the gold thread", None, reply_to="g1"),
+        chat(7, "gold root", "gold-1", message_id="g1"),
+    ]
+    rows[7]["message_id"] = "g1"
+    write_jsonl(workdir / "data" / "imports" / "derive.jsonl", rows)
+    assert materialize_source("chat_export", warehouse_db, load_config={"gap_minutes": 30}).success
+    assigned = dict(
+        query(warehouse_db, "SELECT message_id, conversation_id || '|' || conversation_method FROM messages")
+    )
+    assert assigned["m0"] == assigned["m1"] == assigned["m2"] == "chain:m0|reply_chain"
+    assert assigned["m3"] == assigned["m4"] != assigned["m5"]
+    assert assigned["m3"].endswith("|time_gap") and assigned["m5"].endswith("|time_gap")
+    assert assigned["m6"] == "gold-1|reply_chain" and assigned["g1"] == "gold-1|gold"
+    positions = query(warehouse_db, "SELECT message_id, position FROM messages WHERE conversation_id = 'chain:m0'")
+    assert sorted(positions) == [("m0", 0), ("m1", 1), ("m2", 2)]
+
+
+def test_split_is_stable_per_conversation(workdir, warehouse_db):
+    write_jsonl(workdir / "data" / "imports" / "a.jsonl", [chat(i, f"t{i}", f"conv{i // 2}") for i in range(200)])
+    assert materialize_source("chat_export", warehouse_db, load_config={"train_ratio": 0.5, "dev_ratio": 0.25}).success
+    mixed = query(warehouse_db, "SELECT conversation_id FROM messages GROUP BY 1 HAVING count(DISTINCT split) > 1")
+    assert mixed == []
+    first = dict(query(warehouse_db, "SELECT conversation_id, split FROM conversations"))
+    assert {"train", "dev", "test"} == set(first.values())
+    write_jsonl(workdir / "data" / "imports" / "a.jsonl", [chat(i, f"t{i}", f"conv{i // 2}") for i in range(100, 300)])
+    assert materialize_source("chat_export", warehouse_db, load_config={"train_ratio": 0.5, "dev_ratio": 0.25}).success
+    second = dict(query(warehouse_db, "SELECT conversation_id, split FROM conversations"))
+    assert all(second[c] == first[c] for c in set(first) & set(second))
+
+
+def test_messages_without_raw_cache_fail_with_a_clear_message(workdir, warehouse_db):
+    messages = next(a for a in ASSETS if a.key.to_user_string() == "messages")
+    result = dg.materialize(
+        [messages],
+        partition_key="sample",
+        raise_on_error=False,
+        resources={"warehouse": DuckDBResource(database=str(warehouse_db))},
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "materialize raw_sample first" in failure.step_failure_data.error.message
+
+
+def test_empty_imports_fail_the_raw_asset_with_a_clear_message(workdir, warehouse_db):
+    from threadembed_assets.definitions import ASSET_CHECKS
+
+    result = dg.materialize(
+        [*ASSETS, *ASSET_CHECKS],
+        selection=dg.AssetSelection.assets("raw_chat_export"),
+        raise_on_error=False,
+        resources={"warehouse": DuckDBResource(database=str(warehouse_db))},
+    )
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "holds no files" in failure.step_failure_data.error.message
+    assert [p for p in (workdir / "data").rglob("*") if p.is_file()] == []
