@@ -14,6 +14,21 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 SHARED_IRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "irc"
 
 
+def raw_rows(pieces, folder: Path) -> list[dict]:
+    """The rows a loader's pieces give once written to a raw cache folder, in cache order."""
+    from threadembed_assets.sources.raw_cache import PART_GLOB, write_raw_cache
+
+    write_raw_cache(pieces, folder / "raw")
+    with duckdb.connect() as con:
+        table = con.sql(
+            "SELECT * EXCLUDE (filename, file_row_number, seq), coalesce(seq, file_row_number + 1) AS seq "
+            "FROM read_parquet($glob, filename = true, "
+            "file_row_number = true) ORDER BY filename, file_row_number",
+            params={"glob": str(folder / "raw" / PART_GLOB)},
+        ).to_arrow_table()
+    return table.to_pylist()
+
+
 def need_shared(name: str) -> Path:
     """A file of ../shared/data/irc; skipped without it on a user's machine, a failure under CI=true."""
     path = SHARED_IRC / name

@@ -1,18 +1,21 @@
 """`chat_export`: every import format, and the bad imports a user can hand it."""
 
 import json
+import tempfile
 import zipfile
+from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from threadembed_assets.sources.chat_export import EmptyImportsError, detect_format, read_imports
+from threadembed_assets_tests.conftest import raw_rows
 
 LIMIT = 10 * 1024 * 1024
 
 
 def read(folder, max_archive_bytes: int = LIMIT) -> list[dict]:
-    return pa.Table.from_batches(list(read_imports(folder, "chat_export", max_archive_bytes))).to_pylist()
+    with tempfile.TemporaryDirectory() as cache:
+        return raw_rows(read_imports(folder, "chat_export", max_archive_bytes), Path(cache))
 
 
 def chat_line(i: int, conversation: str, text: str, **extra) -> str:

@@ -3,6 +3,8 @@
 import io
 import json
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,11 +14,12 @@ import zstandard
 from threadembed_assets.sources.config import RawSourceConfig
 from threadembed_assets.sources.hub import HubUnavailableError
 from threadembed_assets.sources.registry import SOURCES
+from threadembed_assets_tests.conftest import raw_rows
 
 
 def load(source: str, **config) -> list[dict]:
-    table = pa.Table.from_batches(list(SOURCES[source].load(RawSourceConfig(**config))))
-    return table.to_pylist()
+    with tempfile.TemporaryDirectory() as folder:
+        return raw_rows(SOURCES[source].load(RawSourceConfig(**config)), Path(folder))
 
 
 def messages_only(rows: list[dict]) -> list[dict]:

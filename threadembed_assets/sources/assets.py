@@ -5,7 +5,7 @@ import dagster as dg
 from threadembed_assets.sources.chat_export import EmptyImportsError
 from threadembed_assets.sources.config import RawSourceConfig
 from threadembed_assets.sources.hub import HubUnavailableError
-from threadembed_assets.sources.raw_cache import preview_markdown, raw_parquet_path, write_raw_parquet
+from threadembed_assets.sources.raw_cache import preview_markdown, raw_cache_dir, write_raw_cache
 from threadembed_assets.sources.registry import SOURCES, SourceSpec
 
 # Failures a user fixes by configuration: shown as a clear message, not a traceback.
@@ -24,9 +24,9 @@ def build_raw_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         metadata={"upstream": spec.upstream, "license": spec.license, "platform": spec.platform},
     )
     def raw_asset(context: dg.AssetExecutionContext, config: RawSourceConfig) -> dg.MaterializeResult:
-        dest = raw_parquet_path(spec.key)
+        dest = raw_cache_dir(spec.key)
         try:
-            stats = write_raw_parquet(spec.load(config), dest)
+            stats = write_raw_cache(spec.load(config), dest)
         except _USER_ERRORS as exc:
             raise dg.Failure(description=f"raw_{spec.key}: {exc}") from None
         context.log.info(f"raw_{spec.key}: {stats['rows']} rows ({stats['error_rows']} unreadable) -> {dest}")

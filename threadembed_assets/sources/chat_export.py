@@ -3,12 +3,10 @@
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
-
-from threadembed_assets.sources.chat_jsonl import looks_like_chat_jsonl, read_chat_jsonl
+from threadembed_assets.sources.chat_jsonl import chat_jsonl_part, looks_like_chat_jsonl
 from threadembed_assets.sources.discord import is_discord_export, read_discord_export
 from threadembed_assets.sources.irc import is_irc_log, read_irc_log
-from threadembed_assets.sources.schema import batched, error_row
+from threadembed_assets.sources.schema import RawPiece, batched, error_row
 from threadembed_assets.sources.slack import (
     is_slack_export_dir,
     is_slack_export_zip,
@@ -58,8 +56,8 @@ def _import_units(folder: Path) -> list[Path]:
     return units
 
 
-def read_imports(folder: Path, source: str, max_archive_bytes: int) -> Iterator[pa.RecordBatch]:
-    """RAW_SCHEMA batches of every import under `folder`; an unknown file becomes one error row."""
+def read_imports(folder: Path, source: str, max_archive_bytes: int) -> Iterator[RawPiece]:
+    """Raw pieces of every import under `folder`; an unknown file becomes one error row."""
     if not folder.is_dir():
         raise EmptyImportsError(
             f"Imports folder {folder} does not exist. Create it (or set THREADEMBED_IMPORTS_DIR) and put chat "
@@ -74,7 +72,7 @@ def read_imports(folder: Path, source: str, max_archive_bytes: int) -> Iterator[
     for unit in units:
         kind = detect_format(unit)
         if kind == "chat_jsonl":
-            yield from read_chat_jsonl(unit, source, platform=None)
+            yield chat_jsonl_part(unit, source, platform=None)
         elif kind == "slack_export" and unit.is_dir():
             yield from batched(read_slack_export_dir(unit, source))
         elif kind == "slack_export":

@@ -5,14 +5,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
+import pyarrow.parquet as pq
 
-from threadembed_assets.sources.schema import CHAT_FIELDS, RAW_SCHEMA, batched, error_row
+from threadembed_assets.sources.schema import CHAT_FIELDS, RAW_SCHEMA, ParquetPart, batched, error_row
 
-_COLUMNS_SQL = "{" + ", ".join(f"'{name}': 'VARCHAR'" for name in CHAT_FIELDS) + "}"
 # A 1 MB message must be read (then quarantined as oversize), so allow objects well beyond it.
 _MAX_OBJECT_BYTES = 64 * 1024 * 1024
 _PLATFORMS = ("irc", "slack", "discord")
+_PLATFORM_SQL = " ".join(f"WHEN lower(source) LIKE '%{name}%' THEN '{name}'" for name in _PLATFORMS)
+_COPY_SQL = f"""
+COPY (
+    SELECT coalesce(source, $source) AS source, channel, message_id, conversation_id, reply_to, timestamp,
+        author, text,
+        coalesce($platform, CASE {_PLATFORM_SQL} ELSE 'chat' END) AS platform,
+        $origin AS origin,
+        CAST(NULL AS BIGINT) AS seq,  -- the line number is the row's place in the part (see RAW_SCHEMA)
+        CAST(NULL AS VARCHAR) AS error
+    FROM read_json($path, format = 'newline_delimited', columns = $columns,
+                   maximum_object_size = {_MAX_OBJECT_BYTES})
+) TO '{{dest}}' (FORMAT parquet, COMPRESSION snappy)
+"""
 
 
 def platform_of(source: str | None) -> str:
@@ -21,42 +33,31 @@ def platform_of(source: str | None) -> str:
     return next((name for name in _PLATFORMS if name in lowered), "chat")
 
 
-def read_chat_jsonl(path: Path, source: str, platform: str | None) -> Iterator[pa.RecordBatch]:
-    """Read a chat JSONL file as RAW_SCHEMA batches.
+def chat_jsonl_part(path: Path, source: str, platform: str | None) -> ParquetPart:
+    """A raw part for a chat JSONL file.
 
-    Clean files are parsed by DuckDB's `read_json` (vectorized, bounded memory). A file with a malformed line or
-    invalid UTF-8 is re-read line by line so that the good lines load and each bad one becomes an error row.
-    `source` fills rows that lack one; `platform=None` infers it per row from the row's source.
+    Clean files are copied to Parquet by DuckDB's `read_json` (vectorized, bounded memory, no Python per row).
+    A file with a malformed line or invalid UTF-8 is re-read line by line so that the good lines load and each
+    bad one becomes an error row. `source` fills rows without one; `platform=None` infers it from the source.
     """
-    try:
-        yield from _read_fast(path, source, platform)
-    except duckdb.InvalidInputException:
-        yield from batched(_read_tolerant(path, source, platform))
 
+    def write(dest: Path) -> None:
+        params = {
+            "path": str(path),
+            "source": source,
+            "platform": platform,
+            "origin": path.name,
+            "columns": {name: "VARCHAR" for name in CHAT_FIELDS},
+        }
+        try:
+            with duckdb.connect() as con:
+                con.execute(_COPY_SQL.replace("{dest}", str(dest).replace("'", "''")), params)
+        except duckdb.InvalidInputException:
+            with pq.ParquetWriter(dest, RAW_SCHEMA, compression="zstd") as writer:
+                for batch in batched(_read_tolerant(path, source, platform)):
+                    writer.write_batch(batch)
 
-def _read_fast(path: Path, source: str, platform: str | None) -> Iterator[pa.RecordBatch]:
-    con = duckdb.connect()
-    select = ", ".join(f"coalesce({name}, $source) AS {name}" if name == "source" else name for name in CHAT_FIELDS)
-    platform_sql = " ".join(f"WHEN lower(source) LIKE '%{name}%' THEN '{name}'" for name in _PLATFORMS)
-    select += f", coalesce($platform, CASE {platform_sql} ELSE 'chat' END) AS platform"
-    reader = con.sql(
-        f"SELECT {select} FROM read_json($path, format='newline_delimited', columns={_COLUMNS_SQL}, "
-        f"maximum_object_size={_MAX_OBJECT_BYTES})",
-        params={"path": str(path), "source": source, "platform": platform},
-    ).to_arrow_reader(batch_size=100_000)
-    # Read the whole file before yielding, so that a bad line late in the file falls back cleanly
-    # instead of after some batches were already handed out.
-    table = reader.read_all()
-    seq_start = 1
-    for batch in table.to_batches(max_chunksize=100_000):
-        n = batch.num_rows
-        columns = [batch.column(name) for name in [*CHAT_FIELDS, "platform"]] + [
-            pa.array([path.name] * n, pa.string()),
-            pa.array(range(seq_start, seq_start + n), pa.int64()),
-            pa.nulls(n, pa.string()),
-        ]
-        seq_start += n
-        yield pa.RecordBatch.from_arrays(columns, schema=RAW_SCHEMA)
+    return ParquetPart(write)
 
 
 def _read_tolerant(path: Path, source: str, platform: str | None) -> Iterator[dict]:

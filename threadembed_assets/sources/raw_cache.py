@@ -1,49 +1,88 @@
-"""The raw Parquet cache: `$THREADEMBED_DATA_DIR/raw/<source>/messages.parquet`, replaced atomically."""
+"""The raw Parquet cache: `$THREADEMBED_DATA_DIR/raw/<source>/part-NNNNN.parquet`, replaced as a whole."""
 
-import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from threadembed_assets import settings
-from threadembed_assets.sources.schema import RAW_SCHEMA
+from threadembed_assets.sources.schema import RAW_SCHEMA, ParquetPart, RawPiece
+
+PART_GLOB = "part-*.parquet"
 
 
-def raw_parquet_path(source: str) -> Path:
-    """The cached raw dataset of `source`."""
-    return settings.raw_dir(source) / "messages.parquet"
+def raw_cache_dir(source: str) -> Path:
+    """The folder of Parquet parts holding `source`'s raw dataset."""
+    return settings.raw_dir(source)
 
 
-def write_raw_parquet(batches: Iterable[pa.RecordBatch], dest: Path) -> dict:
-    """Write RAW_SCHEMA batches to `dest` through a temporary file, so a failed load leaves the old cache.
+def write_raw_cache(pieces: Iterable[RawPiece], dest: Path) -> dict:
+    """Write a loader's pieces as Parquet parts in a temporary folder, then swap it in for `dest`.
 
-    Returns rows, error rows and bytes written.
+    A load that fails leaves the previous cache as it was. Returns rows, error rows and bytes.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_suffix(".parquet.partial")
-    rows = errors = 0
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    parts = 0
+    writer: pq.ParquetWriter | None = None
     try:
-        with pq.ParquetWriter(partial, RAW_SCHEMA, compression="zstd") as writer:
-            for batch in batches:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-                errors += batch.num_rows - batch.column("error").null_count
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
-    return {"rows": rows, "error_rows": errors, "bytes": dest.stat().st_size}
+        for piece in pieces:
+            if isinstance(piece, ParquetPart) or writer is None:
+                if writer is not None:
+                    writer.close()
+                    writer = None
+                part = partial / f"part-{parts:05d}.parquet"
+                parts += 1
+                if isinstance(piece, ParquetPart):
+                    piece.write(part)
+                    continue
+                writer = pq.ParquetWriter(part, RAW_SCHEMA, compression="snappy")
+            writer.write_batch(piece)
+        if writer is not None:
+            writer.close()
+        if parts == 0:
+            pq.write_table(pa.Table.from_batches([], schema=RAW_SCHEMA), partial / "part-00000.parquet")
+        _swap(partial, dest)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return raw_cache_stats(dest)
 
 
-def preview_markdown(path: Path, limit: int = 8) -> str:
+def _swap(partial: Path, dest: Path) -> None:
+    previous = dest.with_name(dest.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if dest.exists():
+        dest.rename(previous)
+    partial.rename(dest)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def raw_cache_stats(dest: Path) -> dict:
+    """Rows, unreadable rows and bytes of a raw cache."""
+    with duckdb.connect() as con:
+        rows, errors = con.execute(
+            "SELECT count(*), count(error) FROM read_parquet($glob)", {"glob": str(dest / PART_GLOB)}
+        ).fetchone()
+    return {"rows": rows, "error_rows": errors, "bytes": sum(p.stat().st_size for p in dest.glob(PART_GLOB))}
+
+
+def preview_markdown(dest: Path, limit: int = 8) -> str:
     """The first rows of a raw cache as a markdown table."""
-    table = pq.ParquetFile(path).read_row_group(0).slice(0, limit) if pq.ParquetFile(path).num_row_groups else None
-    if table is None:
-        return "(empty)"
     columns = ["channel", "message_id", "conversation_id", "timestamp", "author", "text", "error"]
+    with duckdb.connect() as con:
+        rows = con.execute(
+            f"SELECT {', '.join(columns)} FROM read_parquet($glob) LIMIT $limit",
+            {"glob": str(dest / PART_GLOB), "limit": limit},
+        ).fetchall()
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table.select(columns).to_pylist():
-        cells = [str(row[c] or "").replace("|", "\\|").replace("\n", " ")[:80] for c in columns]
+    for row in rows:
+        cells = [str(value or "").replace("|", "\\|").replace("\n", " ")[:80] for value in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -4,8 +4,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-
 from threadembed_assets import settings
 from threadembed_assets.sources.chat_export import read_imports
 from threadembed_assets.sources.config import RawSourceConfig
@@ -19,10 +17,10 @@ from threadembed_assets.sources.discord import discord_api_rows, discord_unveile
 from threadembed_assets.sources.hub import iter_hub_records, limited
 from threadembed_assets.sources.irc import irc_disentangle_rows
 from threadembed_assets.sources.sample import generate_sample
-from threadembed_assets.sources.schema import batched
+from threadembed_assets.sources.schema import RawPiece, batched
 from threadembed_assets.sources.slack import read_disentangled_xml, read_slack_export_dir
 
-Loader = Callable[["SourceSpec", RawSourceConfig], Iterator[pa.RecordBatch]]
+Loader = Callable[["SourceSpec", RawSourceConfig], Iterator[RawPiece]]
 
 
 @dataclass(frozen=True)
@@ -40,15 +38,15 @@ class SourceSpec:
     hub_config: str | None = None  # the `name` argument of load_dataset
     hub_data_files: dict | None = None  # split -> file, for hub repos that need them named
 
-    def load(self, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
-        """RAW_SCHEMA batches of this source under `config`."""
+    def load(self, config: RawSourceConfig) -> Iterator[RawPiece]:
+        """Raw pieces (record batches or self-writing Parquet parts) of this source under `config`."""
         return self.loader(self, config)
 
 
 def _hub_loader(to_rows: Callable[[Iterable[dict], str, str], Iterator[dict]]) -> Loader:
     """A loader that streams a hub dataset (or local files in its schema) through a record -> rows mapper."""
 
-    def load(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+    def load(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
         split = config.split or spec.default_split
         records = iter_hub_records(
             spec.key,
@@ -75,18 +73,18 @@ def _required_path(spec: SourceSpec, config: RawSourceConfig) -> Path:
     return path
 
 
-def _load_slack_disentangled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+def _load_slack_disentangled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     root = _required_path(spec, config)
     files = sorted(root.rglob("*.xml")) if root.is_dir() else [root]
     rows = (row for file in files for row in read_disentangled_xml(file, spec.key))
     return batched(limited(rows, config.max_rows))
 
 
-def _load_clojurians(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+def _load_clojurians(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     return batched(limited(read_slack_export_dir(_required_path(spec, config), spec.key), config.max_rows))
 
 
-def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     rows = (
         row
         for name, stream in discord_unveiled_files(config.path, spec.upstream, spec.key)
@@ -95,12 +93,12 @@ def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterato
     return batched(limited(rows, config.max_rows))
 
 
-def _load_chat_export(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+def _load_chat_export(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     folder = Path(config.path) if config.path else settings.imports_dir()
     return read_imports(folder, spec.key, config.max_archive_bytes)
 
 
-def _load_sample(spec: SourceSpec, config: RawSourceConfig) -> Iterator[pa.RecordBatch]:
+def _load_sample(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     return batched(limited(generate_sample(config.n_messages, config.seed, spec.key), config.max_rows))
 
 

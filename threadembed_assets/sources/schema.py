@@ -1,6 +1,8 @@
 """The raw message schema every loader produces: chat JSONL fields plus provenance and a parse error."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -20,7 +22,9 @@ RAW_SCHEMA = pa.schema(
     + [
         ("platform", pa.string()),
         ("origin", pa.string()),  # file, upstream split or generator the row came from
-        ("seq", pa.int64()),  # position in its origin (line number, row index)
+        # Position in its origin (line or row number); null where it is the row's place in its part, 1-based
+        # (parts that DuckDB copies from a file line for line).
+        ("seq", pa.int64()),
         ("error", pa.string()),  # why the row could not be read; such rows go to quarantine
     ]
 )
@@ -61,3 +65,14 @@ def error_row(source: str, platform: str, origin: str, seq: int, error: str, raw
         "error": error,
         "text": raw[:2000] if raw else None,
     }
+
+
+@dataclass(frozen=True)
+class ParquetPart:
+    """A piece of a raw dataset that writes its own RAW_SCHEMA Parquet file (e.g. DuckDB copying a file)."""
+
+    write: Callable[[Path], None]
+
+
+RawPiece = pa.RecordBatch | ParquetPart
+"""What loaders yield: record batches, or parts that write themselves."""

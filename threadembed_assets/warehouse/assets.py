@@ -6,7 +6,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.sources.assets import RAW_ASSETS
-from threadembed_assets.sources.raw_cache import raw_parquet_path
+from threadembed_assets.sources.raw_cache import PART_GLOB, raw_cache_dir
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.warehouse.conversations import build_conversations, conversation_preview
 from threadembed_assets.warehouse.load import LoadOptions, load_messages
@@ -43,8 +43,8 @@ def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: 
     The partition's rows in both tables are replaced in one transaction.
     """
     source = context.partition_key
-    raw = raw_parquet_path(source)
-    if not raw.exists():
+    raw = raw_cache_dir(source)
+    if not any(raw.glob(PART_GLOB)):
         raise dg.Failure(description=f"No raw cache for '{source}' at {raw}: materialize raw_{source} first.")
     with connect(warehouse) as con:
         counts = load_messages(con, source, raw, config)

@@ -6,6 +6,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from threadembed_assets.sources.raw_cache import PART_GLOB
 from threadembed_assets.warehouse.schema import ensure_schema
 
 
@@ -21,18 +22,20 @@ class LoadOptions(dg.Config):
 
 
 # Every raw row gets at most one reason; rows without one are messages. Duplicates are decided among the
-# otherwise good rows (the first occurrence in file order stays).
+# otherwise good rows (the first occurrence in file order stays). Numbers are epoch seconds; strings are ISO-8601,
+# with an offset or in UTC.
 _STAGE_SQL = """
 CREATE OR REPLACE TEMP TABLE staged AS
 WITH raw AS (
-    SELECT file_row_number AS row_ord, *,
+    SELECT CAST(regexp_extract(filename, 'part-([0-9]+)', 1) AS BIGINT) * 1099511627776 + file_row_number AS row_ord,
+        * EXCLUDE (filename, file_row_number, seq),
+        coalesce(seq, file_row_number + 1) AS seq,
         CASE
-            WHEN timestamp IS NULL THEN NULL
-            WHEN regexp_full_match(trim(timestamp), '-?[0-9]+(\\.[0-9]+)?')
+            WHEN TRY_CAST(timestamp AS DOUBLE) IS NOT NULL
                 THEN try(to_timestamp(CAST(timestamp AS DOUBLE))) AT TIME ZONE 'UTC'
             ELSE TRY_CAST(timestamp AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
         END AS ts
-    FROM read_parquet($path, file_row_number = true)
+    FROM read_parquet($glob, filename = true, file_row_number = true)
 ), checked AS (
     SELECT *,
         CASE
@@ -43,41 +46,44 @@ WITH raw AS (
             WHEN timestamp IS NOT NULL AND ts IS NULL THEN 'unparseable_timestamp'
         END AS bad_reason
     FROM raw
+), first_of_duplicates AS (
+    SELECT message_id, min(row_ord) AS first_ord FROM checked WHERE bad_reason IS NULL
+    GROUP BY message_id HAVING count(*) > 1
 )
-SELECT *,
-    coalesce(bad_reason, CASE WHEN row_number() OVER (
-        PARTITION BY bad_reason IS NULL, message_id ORDER BY row_ord) > 1 THEN 'duplicate_message_id' END
-    ) AS reason
-FROM checked
+SELECT checked.*,
+    coalesce(bad_reason, CASE WHEN row_ord > first_ord THEN 'duplicate_message_id' END) AS reason
+FROM checked LEFT JOIN first_of_duplicates ON checked.bad_reason IS NULL
+    AND checked.message_id = first_of_duplicates.message_id
 """
 
 # Conversations: gold ids where present; otherwise the root of the reply chain (a reply to a gold message joins
-# that conversation); messages with no reply links form sessions split by silences within a channel.
+# that conversation); messages with no reply links form sessions split by silences within a channel. The chain
+# walk only visits messages without a gold id (and the gold messages they reply to), so gold data skips it.
 _MESSAGES_SQL = """
-CREATE OR REPLACE TEMP TABLE loaded AS
+INSERT INTO messages
 WITH RECURSIVE good AS (
     SELECT * FROM staged WHERE reason IS NULL
+), ungrouped AS (
+    SELECT message_id, reply_to FROM good WHERE conversation_id IS NULL
 ), walk(message_id, root_id, root_conversation) AS (
     SELECT message_id, message_id, conversation_id FROM good
-    WHERE conversation_id IS NOT NULL OR reply_to IS NULL OR reply_to NOT IN (SELECT message_id FROM good)
+    WHERE (conversation_id IS NULL AND (reply_to IS NULL OR reply_to NOT IN (SELECT message_id FROM good)))
+       OR (conversation_id IS NOT NULL AND message_id IN (SELECT reply_to FROM ungrouped))
     UNION ALL
     SELECT child.message_id, walk.root_id, walk.root_conversation
-    FROM good AS child JOIN walk ON child.reply_to = walk.message_id
-    WHERE child.conversation_id IS NULL
-), linked AS (
-    SELECT good.*, walk.root_id, walk.root_conversation,
-        count(walk.root_id) OVER (PARTITION BY walk.root_id) AS chain_size
-    FROM good LEFT JOIN walk USING (message_id)
+    FROM ungrouped AS child JOIN walk ON child.reply_to = walk.message_id
+), chains AS (
+    SELECT walk.*, count(*) OVER (PARTITION BY root_id) AS chain_size FROM walk
 ), assigned AS (
-    SELECT *,
+    SELECT good.*, chains.root_id, chains.root_conversation,
         CASE
-            WHEN conversation_id IS NOT NULL THEN 'gold'
-            WHEN root_conversation IS NOT NULL OR chain_size > 1 THEN 'reply_chain'
+            WHEN good.conversation_id IS NOT NULL THEN 'gold'
+            WHEN chains.root_conversation IS NOT NULL OR chains.chain_size > 1 THEN 'reply_chain'
             ELSE 'time_gap'
         END AS conversation_method
-    FROM linked
+    FROM good LEFT JOIN chains ON good.conversation_id IS NULL AND good.message_id = chains.message_id
 ), sessions AS (
-    SELECT *,
+    SELECT row_ord,
         sum(CASE WHEN previous_ts IS NULL OR ts - previous_ts > to_seconds($gap_seconds) THEN 1 ELSE 0 END)
             OVER (PARTITION BY channel ORDER BY ts, row_ord) AS session_no
     FROM (
@@ -110,40 +116,41 @@ FROM (
 )
 """
 
-_QUARANTINE_SELECT = """
+_QUARANTINE_SQL = """
+INSERT INTO quarantine
 SELECT $source, reason, coalesce(error, reason), message_id, conversation_id, origin, seq, left(text, 2000)
 FROM staged WHERE reason IS NOT NULL
 """
 
 
-def load_messages(con: duckdb.DuckDBPyConnection, source: str, raw_parquet: Path, options: LoadOptions) -> dict:
-    """Replace `source`'s rows of `messages` and `quarantine` from its raw Parquet in one transaction.
+def load_messages(con: duckdb.DuckDBPyConnection, source: str, raw_cache: Path, options: LoadOptions) -> dict:
+    """Replace `source`'s rows of `messages` and `quarantine` from its raw cache folder in one transaction.
 
     Returns counts: messages, quarantined rows by reason, conversations by method.
     """
     ensure_schema(con)
-    con.execute(_STAGE_SQL, {"path": str(raw_parquet), "max_text_chars": options.max_text_chars})
-    con.execute(
-        _MESSAGES_SQL,
-        {
-            "source": source,
-            "gap_seconds": options.gap_minutes * 60,
-            "train_ratio": options.train_ratio,
-            "dev_ratio": options.dev_ratio,
-        },
-    )
+    con.execute(_STAGE_SQL, {"glob": str(raw_cache / PART_GLOB), "max_text_chars": options.max_text_chars})
+    params = {"source": source}
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM messages WHERE source = $source", {"source": source})
-        con.execute("INSERT INTO messages SELECT * FROM loaded ORDER BY channel, conversation_id, position")
-        con.execute("DELETE FROM quarantine WHERE source = $source", {"source": source})
-        con.execute(f"INSERT INTO quarantine {_QUARANTINE_SELECT}", {"source": source})
+        con.execute("DELETE FROM messages WHERE source = $source", params)
+        con.execute(
+            _MESSAGES_SQL,
+            {
+                **params,
+                "gap_seconds": options.gap_minutes * 60,
+                "train_ratio": options.train_ratio,
+                "dev_ratio": options.dev_ratio,
+            },
+        )
+        con.execute("DELETE FROM quarantine WHERE source = $source", params)
+        con.execute(_QUARANTINE_SQL, params)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
     finally:
-        con.execute("DROP TABLE IF EXISTS staged; DROP TABLE IF EXISTS loaded")
+        con.execute("DROP TABLE IF EXISTS staged")
     return message_counts(con, source)
 
 
