@@ -11,6 +11,7 @@ import duckdb
 
 from threadembed_assets import settings
 from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
+from threadembed_assets.pairs.build import STRATEGIES
 from threadembed_assets.sources.registry import SOURCES
 
 PRESETS = ("smoke", "cpu", "gpu")
@@ -26,12 +27,13 @@ def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.E
         instance=instance,
         resources=build_resources(),
         tags={"threadembed/preset": preset},
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         raise_on_error=False,
     )
 
 
-def summary(source: str) -> str:
-    """A few lines on what the warehouse holds for `source`."""
+def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
+    """A few lines on what the warehouse holds for `source` and how the run's checks came out."""
     with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
         params = {"source": source}
         n_messages = con.execute("SELECT count(*) FROM messages WHERE source = $source", params).fetchone()[0]
@@ -42,11 +44,26 @@ def summary(source: str) -> str:
             "SELECT reason, count(*) FROM quarantine WHERE source = $source GROUP BY ALL ORDER BY 2 DESC",
             params,
         ).fetchall()
+        tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        pairs = [
+            (
+                table,
+                con.execute(
+                    f"SELECT split, count(*) FROM {table} WHERE source = $source GROUP BY ALL ORDER BY 1", params
+                ).fetchall(),
+            )
+            for table in STRATEGIES.values()
+            if table in tables
+        ]
     lines = [
         f"source {source}: {n_messages} messages, {sum(n for _, n in splits)} conversations "
         f"({', '.join(f'{s} {n}' for s, n in splits)})",
         f"quarantine: {', '.join(f'{r} {n}' for r, n in quarantine) or 'none'}",
     ]
+    lines += [f"{table}: {', '.join(f'{s} {n}' for s, n in splits) or 'none'}" for table, splits in pairs]
+    for evaluation in result.get_asset_check_evaluations():
+        outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        lines.append(f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {outcome}")
     return "\n".join(lines)
 
 
@@ -60,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if event.is_step_failure:
             print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
-    print(summary(args.source))
+    print(summary(args.source, result))
     return 0 if result.success else 1
 
 

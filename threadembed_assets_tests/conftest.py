@@ -61,18 +61,35 @@ def warehouse_db(workdir) -> Path:
 
 
 def materialize_source(
-    source: str, warehouse: Path, raw_config: dict | None = None, load_config: dict | None = None
+    source: str,
+    warehouse: Path,
+    raw_config: dict | None = None,
+    load_config: dict | None = None,
+    *,
+    with_pairs: bool = False,
+    instance: dg.DagsterInstance | None = None,
+    extra_assets: list | None = None,
+    run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize raw_<source>, messages and conversations for partition `source` in one real run."""
+    """Materialize raw_<source>, messages and conversations (and the pair tables with their checks) for
+    partition `source` in one real run."""
     from threadembed_assets.definitions import ASSET_CHECKS, ASSETS
+    from threadembed_assets.pairs.assets import PAIR_ASSETS
 
-    run_config = {"ops": {f"raw_{source}": {"config": raw_config or {}}, "messages": {"config": load_config or {}}}}
+    names = [f"raw_{source}", "messages", "conversations"]
+    if with_pairs:
+        names += [asset.key.to_user_string() for asset in PAIR_ASSETS]
+    extra = extra_assets or []
+    names += [asset.key.to_user_string() for asset in extra]
+    ops = {f"raw_{source}": {"config": raw_config or {}}, "messages": {"config": load_config or {}}}
     return dg.materialize(
-        [*ASSETS, *ASSET_CHECKS],
-        selection=dg.AssetSelection.assets(f"raw_{source}", "messages", "conversations"),
+        [*ASSETS, *ASSET_CHECKS, *extra],
+        selection=dg.AssetSelection.assets(*names),
         partition_key=source,
         resources={"warehouse": DuckDBResource(database=str(warehouse))},
-        run_config=run_config,
+        run_config={"ops": {**ops, **(run_config or {})}},
+        instance=instance,
+        raise_on_error=False,
     )
 
 

@@ -2,10 +2,13 @@
 
 from collections.abc import Iterable
 
+# The same rendering in SQL, over columns `author` and `text` (see render_message).
+RENDER_MESSAGE_SQL = "CASE WHEN author IS NULL OR author = '' THEN text ELSE author || ': ' || text END"
+
 
 def render_message(author: str | None, text: str) -> str:
     """A message as `author: text` (just the text when the author is unknown)."""
-    return f"{author}: {text}" if author else text
+    return f"{author}: {text}" if author else text  # keep in step with RENDER_MESSAGE_SQL
 
 
 def render_window(messages: Iterable[tuple[str | None, str]]) -> str:
