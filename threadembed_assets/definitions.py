@@ -1,5 +1,7 @@
 """The ThreadEmbed code location: assets, checks, jobs and resources."""
 
+import os
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -7,15 +9,27 @@ from threadembed_assets import settings
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.checks import build_pair_quality_check
 from threadembed_assets.sources.assets import RAW_ASSETS
+from threadembed_assets.summaries.assets import conversation_summaries
+from threadembed_assets.summaries.client import LLMResource
 from threadembed_assets.warehouse.assets import conversations, messages
+
+
+def _env(name: str) -> dg.EnvVar | None:
+    """An EnvVar for a variable that is set (so that secrets are resolved at run time and never shown), else None."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
 def build_resources() -> dict:
     """Resources read from the environment when the code location loads."""
-    return {"warehouse": DuckDBResource(database=str(settings.warehouse_path()))}
+    return {
+        "warehouse": DuckDBResource(database=str(settings.warehouse_path())),
+        "llm": LLMResource(
+            base_url=_env("OPENAI_BASE_URL"), model=_env("THREADEMBED_LLM_MODEL"), api_key=_env("OPENAI_API_KEY")
+        ),
+    }
 
 
-ASSETS = [*RAW_ASSETS, messages, conversations, *PAIR_ASSETS]
+ASSETS = [*RAW_ASSETS, messages, conversations, conversation_summaries, *PAIR_ASSETS]
 ASSET_CHECKS = [build_pair_quality_check(asset) for asset in PAIR_ASSETS]
 
 defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, resources=build_resources())

@@ -70,23 +70,30 @@ def materialize_source(
     instance: dg.DagsterInstance | None = None,
     extra_assets: list | None = None,
     run_config: dict | None = None,
+    llm=None,
+    only: list[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize raw_<source>, messages and conversations (and the pair tables with their checks) for
-    partition `source` in one real run."""
+    """Materialize raw_<source>, messages and conversations (and the summaries and pair tables with their checks)
+    for partition `source` in one real run; `only` names the assets instead."""
     from threadembed_assets.definitions import ASSET_CHECKS, ASSETS
     from threadembed_assets.pairs.assets import PAIR_ASSETS
+    from threadembed_assets.summaries.client import LLMResource
 
-    names = [f"raw_{source}", "messages", "conversations"]
+    names = only or [f"raw_{source}", "messages", "conversations"]
     if with_pairs:
-        names += [asset.key.to_user_string() for asset in PAIR_ASSETS]
+        names += ["conversation_summaries", *(asset.key.to_user_string() for asset in PAIR_ASSETS)]
     extra = extra_assets or []
     names += [asset.key.to_user_string() for asset in extra]
-    ops = {f"raw_{source}": {"config": raw_config or {}}, "messages": {"config": load_config or {}}}
+    ops = {}
+    if f"raw_{source}" in names:
+        ops[f"raw_{source}"] = {"config": raw_config or {}}
+    if "messages" in names:
+        ops["messages"] = {"config": load_config or {}}
     return dg.materialize(
         [*ASSETS, *ASSET_CHECKS, *extra],
         selection=dg.AssetSelection.assets(*names),
         partition_key=source,
-        resources={"warehouse": DuckDBResource(database=str(warehouse))},
+        resources={"warehouse": DuckDBResource(database=str(warehouse)), "llm": llm or LLMResource()},
         run_config={"ops": {**ops, **(run_config or {})}},
         instance=instance,
         raise_on_error=False,

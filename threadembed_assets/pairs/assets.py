@@ -7,12 +7,14 @@ from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.pairs.build import STRATEGIES, PairConfig, build_pairs
 from threadembed_assets.pairs.quality import pair_metrics
+from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.warehouse.assets import connect, conversations, messages, source_partitions
 
 _DESCRIPTIONS = {
     "A": "Strategy A: a message and the window of its own conversation around it (the thread it belongs to).",
     "B": "Strategy B: a question-like message and its answer (replies, else the next messages by others).",
     "C": "Strategy C: consecutive windows of one conversation.",
+    "D": "Strategy D: a conversation's summary (LLM or extractive, labelled in `meta`) and the conversation.",
 }
 _NEGATIVES = (
     " Each row carries, where one exists, a negative from the interleaved thread: another conversation of the "
@@ -53,7 +55,7 @@ def quality_metadata(con, table: str, source: str) -> dict:
     }
 
 
-def build_pair_asset(strategy: str) -> dg.AssetsDefinition:
+def build_pair_asset(strategy: str, extra_deps: tuple = ()) -> dg.AssetsDefinition:
     """The asset of one pair strategy."""
     table = STRATEGIES[strategy]
 
@@ -61,7 +63,7 @@ def build_pair_asset(strategy: str) -> dg.AssetsDefinition:
         name=table,
         partitions_def=source_partitions,
         group_name="pairs",
-        deps=[messages, conversations],
+        deps=[messages, conversations, *extra_deps],
         kinds={"duckdb"},
         description=_DESCRIPTIONS[strategy] + _NEGATIVES,
     )
@@ -79,4 +81,5 @@ def build_pair_asset(strategy: str) -> dg.AssetsDefinition:
 
 
 thread_pairs, query_response_pairs, temporal_pairs = (build_pair_asset(s) for s in "ABC")
-PAIR_ASSETS = [thread_pairs, query_response_pairs, temporal_pairs]
+summary_pairs = build_pair_asset("D", extra_deps=(conversation_summaries,))
+PAIR_ASSETS = [thread_pairs, query_response_pairs, temporal_pairs, summary_pairs]

@@ -162,6 +162,24 @@ QUALIFY row_number() OVER (PARTITION BY a.conversation_id ORDER BY hash(a.chunk,
     <= $max_pairs_per_conversation
 """
 
+# Strategy D: a conversation's summary and the conversation itself (its opening window); negative: the window of
+# the interleaved conversation nearest to its first message.
+_SUMMARY_SQL = """
+WITH windows AS (
+    SELECT conversation_id, left(string_agg(line, chr(10) ORDER BY position), $max_window_chars) AS window_text
+    FROM pair_context GROUP BY conversation_id
+)
+SELECT 'D', $source, s.split, s.summary, w.window_text, nw.window_text, s.conversation_id,
+    json_object('summarizer', s.summarizer, 'model', s.model, 'channel', first_message.channel,
+                'negative_message_id', n.message_id, 'negative_conversation_id', n.conversation_id)
+FROM conversation_summaries s
+JOIN windows w ON w.conversation_id = s.conversation_id
+JOIN pair_context first_message ON first_message.conversation_id = s.conversation_id AND first_message.position = 0
+LEFT JOIN pair_context n ON n.message_id = first_message.neighbour_id
+LEFT JOIN windows nw ON nw.conversation_id = n.conversation_id
+WHERE s.source = $source
+"""
+
 # Every strategy's rows pass through here: a pair whose anchor equals its positive teaches nothing (a repeated
 # "ok" in a two-message conversation), and a negative equal to the positive or anchor would contradict it.
 _CLEAN_SQL = """
@@ -172,7 +190,7 @@ FROM ({query}) AS q(strategy, source, split, anchor, positive, negative, convers
 WHERE anchor != positive AND trim(anchor) != '' AND trim(positive) != ''
 """
 
-_STRATEGY_SQL = {"A": _THREAD_SQL, "B": _QUERY_RESPONSE_SQL, "C": _TEMPORAL_SQL}
+_STRATEGY_SQL = {"A": _THREAD_SQL, "B": _QUERY_RESPONSE_SQL, "C": _TEMPORAL_SQL, "D": _SUMMARY_SQL}
 
 
 def build_pairs(con: duckdb.DuckDBPyConnection, strategy: str, source: str, config: PairConfig) -> int:
