@@ -10,11 +10,13 @@ EXTRACTIVE_VERSION = "extractive-v1"
 _WORD = re.compile(r"[a-z][a-z0-9+#.\-]{2,}")
 _ADDRESS = re.compile(r"^\s*@?[\w\-\[\]|`^{}]+[:,]\s+")
 _QUESTION_START = re.compile(r"^(how|what|why|when|where|who|which|is|are|can|could|does|do|did|should|anyone)\b")
-_STOP = set(
-    "the and for you that this with have not but are was just what can how does any there your from about they "
-    "then them its it's i'm don't can't thanks thank yes yeah okay lol now get got use using one all out like "
-    "know need try think see did also would should could when where why who which will still been had has here "
-    "into more some than very really sure want way work works working make".split()
+_STOP = frozenset(
+    """
+    the and for you that this with have not but are was just what can how does any there your from about they
+    then them its it's i'm don't can't thanks thank yes yeah okay lol now get got use using one all out like know
+    need try think see did also would should could when where why who which will still been had has here into
+    more some than very really sure want way work works working make
+    """.split()
 )
 
 

@@ -82,9 +82,7 @@ def ensure_summary_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl)
 
 
-def select_conversations(
-    con: duckdb.DuckDBPyConnection, source: str, config: SummaryConfig
-) -> list[Conversation]:
+def select_conversations(con: duckdb.DuckDBPyConnection, source: str, config: SummaryConfig) -> list[Conversation]:
     """Up to `count` conversations of the chosen splits with enough messages, in a stable order."""
     rows = con.execute(
         """
@@ -136,8 +134,16 @@ def summarize_with_llm(
                     stats.failure_examples.append(f"{conversation.conversation_id}: {failure}")
                 con.execute(
                     "INSERT INTO summary_failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [source, conversation.conversation_id, conversation.content_hash, llm.model, PROMPT_VERSION,
-                     failure.kind, failure.message, failure.attempts],
+                    [
+                        source,
+                        conversation.conversation_id,
+                        conversation.content_hash,
+                        llm.model,
+                        PROMPT_VERSION,
+                        failure.kind,
+                        failure.message,
+                        failure.attempts,
+                    ],
                 )
                 continue
             stats.calls += done.attempts
@@ -165,13 +171,24 @@ def write_summaries(
 ) -> int:
     """Replace the partition's rows of `conversation_summaries` with those conversations that have a summary."""
     rows = [
-        (source, c.conversation_id, c.split, c.content_hash, summarizer, model, prompt_version, summaries[c.content_hash])
+        (
+            source,
+            c.conversation_id,
+            c.split,
+            c.content_hash,
+            summarizer,
+            model,
+            prompt_version,
+            summaries[c.content_hash],
+        )
         for c in conversations
         if c.content_hash in summaries
     ]
     names = ["source", "conversation_id", "split", "content_hash", "summarizer", "model", "prompt_version", "summary"]
-    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)},
-                     schema=pa.schema([(n, pa.string()) for n in names]))
+    table = pa.table(
+        {name: [row[i] for row in rows] for i, name in enumerate(names)},
+        schema=pa.schema([(n, pa.string()) for n in names]),
+    )
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM conversation_summaries WHERE source = $source", {"source": source})
@@ -210,4 +227,3 @@ def estimated_cost(stats: SummaryStats, model: str, config: SummaryConfig) -> fl
         stats.tokens_in * config.price_in_per_million[model]
         + stats.tokens_out * config.price_out_per_million.get(model, 0.0)
     ) / 1e6
-
