@@ -11,6 +11,8 @@ from threadembed_assets.pairs.checks import build_pair_quality_check
 from threadembed_assets.sources.assets import RAW_ASSETS
 from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.summaries.client import LLMResource
+from threadembed_assets.training.assets import TRAINING_ASSETS, hard_negative_pairs
+from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.warehouse.assets import conversations, messages
 
 
@@ -26,10 +28,12 @@ def build_resources() -> dict:
         "llm": LLMResource(
             base_url=_env("OPENAI_BASE_URL"), model=_env("THREADEMBED_LLM_MODEL"), api_key=_env("OPENAI_API_KEY")
         ),
+        "compute": ComputeResource(device=os.environ.get("THREADEMBED_DEVICE", "auto")),
+        "models": ModelStore(root=str(settings.models_dir()), base_model=os.environ.get("THREADEMBED_BASE_MODEL", "")),
     }
 
 
-ASSETS = [*RAW_ASSETS, messages, conversations, conversation_summaries, *PAIR_ASSETS]
-ASSET_CHECKS = [build_pair_quality_check(asset) for asset in PAIR_ASSETS]
+ASSETS = [*RAW_ASSETS, messages, conversations, conversation_summaries, *PAIR_ASSETS, *TRAINING_ASSETS]
+ASSET_CHECKS = [build_pair_quality_check(asset) for asset in [*PAIR_ASSETS, hard_negative_pairs]]
 
 defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, resources=build_resources())

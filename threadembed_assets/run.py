@@ -13,8 +13,8 @@ from threadembed_assets import settings
 from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
 from threadembed_assets.pairs.build import STRATEGIES
 from threadembed_assets.sources.registry import SOURCES
-
-PRESETS = ("smoke", "cpu", "gpu")
+from threadembed_assets.training.assets import STAGES
+from threadembed_assets.training.presets import MINING_ANCHORS
 
 
 def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -27,7 +27,13 @@ def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.E
         instance=instance,
         resources=build_resources(),
         tags={"threadembed/preset": preset},
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+            "ops": {
+                **{stage: {"config": {"preset": preset}} for stage in STAGES},
+                "hard_negative_pairs": {"config": {"max_anchors": MINING_ANCHORS[preset]}},
+            },
+        },
         raise_on_error=False,
     )
 
@@ -70,7 +76,7 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="sample", choices=sorted(SOURCES))
-    parser.add_argument("--preset", default="cpu", choices=PRESETS)
+    parser.add_argument("--preset", default="cpu", choices=sorted(MINING_ANCHORS))
     args = parser.parse_args(argv)
     result = run_pipeline(args.source, args.preset, dg.DagsterInstance.get())
     for event in result.all_events:

@@ -60,6 +60,13 @@ def warehouse_db(workdir) -> Path:
     return workdir / "data" / "warehouse.duckdb"
 
 
+def resources_for(warehouse: Path, **overrides) -> dict:
+    """The code location's resources, on this test's warehouse file and folders."""
+    from threadembed_assets.definitions import build_resources
+
+    return {**build_resources(), "warehouse": DuckDBResource(database=str(warehouse)), **overrides}
+
+
 def materialize_source(
     source: str,
     warehouse: Path,
@@ -93,7 +100,7 @@ def materialize_source(
         [*ASSETS, *ASSET_CHECKS, *extra],
         selection=dg.AssetSelection.assets(*names),
         partition_key=source,
-        resources={"warehouse": DuckDBResource(database=str(warehouse)), "llm": llm or LLMResource()},
+        resources=resources_for(warehouse, llm=llm or LLMResource()),
         run_config={"ops": {**ops, **(run_config or {})}},
         instance=instance,
         raise_on_error=False,

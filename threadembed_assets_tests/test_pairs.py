@@ -188,7 +188,8 @@ def test_metrics_by_hand():
     metrics = metrics_of(
         [
             ("train", "a", "b", "x", "c1", neg),
-            ("train", "a", "b", "b", "c1", neg),  # duplicate pair, negative equal to positive
+            ("train", "a", "b", "x", "c1", neg),  # exact duplicate
+        ("train", "k", "l", "l", "c2", neg),  # negative equal to positive
             ("train", "q", "q", None, "c1", "{}"),  # anchor equal to positive
             ("train", "", "z", None, "c2", "{}"),  # empty anchor
             ("train", "m", "n", "o", "c2", leak),  # negative from a test conversation
@@ -196,12 +197,12 @@ def test_metrics_by_hand():
             ("test", "v", "w", None, "c3", "{}"),
         ]
     )
-    assert metrics["rows"] == 7 and metrics["train_rows"] == 6
+    assert metrics["rows"] == 8 and metrics["train_rows"] == 7
     assert metrics["duplicates"] == 1 and metrics["anchor_equals_positive"] == 1 and metrics["empty"] == 1
-    assert metrics["negative_equals_positive"] == 1 and metrics["with_negative"] == 3
+    assert metrics["negative_equals_positive"] == 1 and metrics["with_negative"] == 4
     assert metrics["leakage"] == 2
     assert metrics["pairs_per_conversation_max"] == 3
-    assert metrics["negative_coverage"] == pytest.approx(3 / 7)
+    assert metrics["negative_coverage"] == pytest.approx(4 / 8)
 
 
 def test_judge_errors_and_warnings():

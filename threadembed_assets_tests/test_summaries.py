@@ -96,12 +96,12 @@ _KILLABLE_RUN = r"""
 import sys
 import dagster as dg
 from dagster_duckdb import DuckDBResource
-from threadembed_assets.definitions import ASSETS
+from threadembed_assets.definitions import ASSETS, build_resources
 from threadembed_assets.summaries.client import LLMResource
 warehouse, base_url = sys.argv[1], sys.argv[2]
 dg.materialize(
     ASSETS, selection=dg.AssetSelection.assets("conversation_summaries"), partition_key="sample",
-    resources={"warehouse": DuckDBResource(database=warehouse),
+    resources={**build_resources(), "warehouse": DuckDBResource(database=warehouse),
                "llm": LLMResource(base_url=base_url, model="test-model", max_concurrency=2)},
     run_config={"ops": {"conversation_summaries": {"config": {"count": 40}}}},
 )

@@ -5,11 +5,9 @@ import shutil
 
 import dagster as dg
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.definitions import ASSETS
-from threadembed_assets.summaries.client import LLMResource
-from threadembed_assets_tests.conftest import materialize_source, need_shared, query
+from threadembed_assets_tests.conftest import materialize_source, need_shared, query, resources_for
 
 
 def write_jsonl(path, rows: list[dict]) -> None:
@@ -152,7 +150,7 @@ def test_messages_without_raw_cache_fail_with_a_clear_message(workdir, warehouse
         [messages],
         partition_key="sample",
         raise_on_error=False,
-        resources={"warehouse": DuckDBResource(database=str(warehouse_db)), "llm": LLMResource()},
+        resources=resources_for(warehouse_db),
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
@@ -166,7 +164,7 @@ def test_empty_imports_fail_the_raw_asset_with_a_clear_message(workdir, warehous
         [*ASSETS, *ASSET_CHECKS],
         selection=dg.AssetSelection.assets("raw_chat_export"),
         raise_on_error=False,
-        resources={"warehouse": DuckDBResource(database=str(warehouse_db)), "llm": LLMResource()},
+        resources=resources_for(warehouse_db),
     )
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "holds no files" in failure.step_failure_data.error.message

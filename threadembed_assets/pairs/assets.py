@@ -39,8 +39,9 @@ def pairs_preview(con, table: str, source: str, limit: int = 3) -> str:
     return "\n\n---\n\n".join(blocks) or "(no train pairs)"
 
 
-def quality_metadata(con, table: str, source: str) -> dict:
-    """Materialization metadata of a pair table: counts, the quality metrics (also as JSON for checks), preview."""
+def quality_metadata(con, table: str, source: str, config: dg.Config) -> dict:
+    """Materialization metadata of a pair table: counts, the quality metrics (also as JSON for checks), the config
+    that built it (checks compare only like with like), preview."""
     metrics = pair_metrics(con, table, source)
     by_split = dict(
         con.execute(
@@ -51,6 +52,7 @@ def quality_metadata(con, table: str, source: str) -> dict:
         "dagster/row_count": int(metrics["rows"]),
         **{f"{split}_rows": n for split, n in sorted(by_split.items())},
         "quality": dg.MetadataValue.json(metrics),
+        "config": dg.MetadataValue.json(config.model_dump()),
         "preview": dg.MetadataValue.md(pairs_preview(con, table, source)),
     }
 
@@ -73,7 +75,7 @@ def build_pair_asset(strategy: str, extra_deps: tuple = ()) -> dg.AssetsDefiniti
         source = context.partition_key
         with connect(warehouse) as con:
             rows = build_pairs(con, strategy, source, config)
-            metadata = quality_metadata(con, table, source)
+            metadata = quality_metadata(con, table, source, config)
         context.log.info(f"{table}[{source}]: {rows} pairs; quality {json.dumps(metadata['quality'].data)}")
         return dg.MaterializeResult(metadata=metadata)
 

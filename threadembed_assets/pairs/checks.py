@@ -23,14 +23,18 @@ _SHOWN = [
 
 
 def previous_quality(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str) -> dict | None:
-    """The metrics of the materialization before the latest one of this partition (None for the first)."""
+    """The metrics of the materialization before the latest one of this partition, when both were built with the
+    same config (a deliberate config change is not a regression); None otherwise."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=2
     ).records
     if len(records) < 2:
         return None
-    quality = records[1].asset_materialization.metadata.get("quality")
-    return dict(quality.data) if quality is not None else None
+    latest, previous = (record.asset_materialization.metadata for record in records)
+    quality, config = previous.get("quality"), previous.get("config")
+    if quality is None or config is None or latest.get("config") is None or config.data != latest["config"].data:
+        return None
+    return dict(quality.data)
 
 
 def comparison_table(current: dict, previous: dict | None) -> str:

