@@ -4,6 +4,7 @@ python -m threadembed_assets.run --source sample --preset cpu
 """
 
 import argparse
+import os
 import sys
 
 import dagster as dg
@@ -67,6 +68,13 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
         f"quarantine: {', '.join(f'{r} {n}' for r, n in quarantine) or 'none'}",
     ]
     lines += [f"{table}: {', '.join(f'{s} {n}' for s, n in splits) or 'none'}" for table, splits in pairs]
+    for event in result.get_asset_materialization_events():
+        name, meta = event.asset_key.to_user_string(), event.materialization.metadata
+        if name in STAGES:
+            lines.append(
+                f"{name}: {meta['steps'].value} steps, {meta['pairs_per_second'].value} pairs/s, dev thread MRR@10 "
+                f"{meta['dev_mrr@10_before'].value} -> {meta['dev_mrr@10_after'].value}  ({meta['path'].value})"
+            )
     for evaluation in result.get_asset_check_evaluations():
         outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
         lines.append(f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {outcome}")
@@ -74,6 +82,7 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress goes to the Dagster log, not progress bars
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="sample", choices=sorted(SOURCES))
     parser.add_argument("--preset", default="cpu", choices=sorted(MINING_ANCHORS))

@@ -79,9 +79,10 @@ def materialize_source(
     run_config: dict | None = None,
     llm=None,
     only: list[str] | None = None,
+    also: list[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize raw_<source>, messages and conversations (and the summaries and pair tables with their checks)
-    for partition `source` in one real run; `only` names the assets instead."""
+    for partition `source` in one real run; `only` names the assets instead, `also` adds some."""
     from threadembed_assets.definitions import ASSET_CHECKS, ASSETS
     from threadembed_assets.pairs.assets import PAIR_ASSETS
     from threadembed_assets.summaries.client import LLMResource
@@ -90,7 +91,7 @@ def materialize_source(
     if with_pairs:
         names += ["conversation_summaries", *(asset.key.to_user_string() for asset in PAIR_ASSETS)]
     extra = extra_assets or []
-    names += [asset.key.to_user_string() for asset in extra]
+    names += [asset.key.to_user_string() for asset in extra] + (also or [])
     ops = {}
     if f"raw_{source}" in names:
         ops[f"raw_{source}"] = {"config": raw_config or {}}
@@ -99,7 +100,9 @@ def materialize_source(
     return dg.materialize(
         [*ASSETS, *ASSET_CHECKS, *extra],
         selection=dg.AssetSelection.assets(*names),
-        partition_key=source,
+        partition_key=source
+        if any(a.partitions_def for a in [*ASSETS, *extra] if a.key.to_user_string() in names)
+        else None,
         resources=resources_for(warehouse, llm=llm or LLMResource()),
         run_config={"ops": {**ops, **(run_config or {})}},
         instance=instance,

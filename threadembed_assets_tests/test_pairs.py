@@ -189,7 +189,7 @@ def test_metrics_by_hand():
         [
             ("train", "a", "b", "x", "c1", neg),
             ("train", "a", "b", "x", "c1", neg),  # exact duplicate
-        ("train", "k", "l", "l", "c2", neg),  # negative equal to positive
+            ("train", "k", "l", "l", "c2", neg),  # negative equal to positive
             ("train", "q", "q", None, "c1", "{}"),  # anchor equal to positive
             ("train", "", "z", None, "c2", "{}"),  # empty anchor
             ("train", "m", "n", "o", "c2", leak),  # negative from a test conversation

@@ -54,6 +54,7 @@ class TrainConfig(dg.Config):
     max_minutes: float | None = Field(default=None, description="Overrides the preset's wall-clock budget.")
     learning_rate: float | None = Field(default=None, description="Overrides the preset's learning rate.")
     save_steps: int | None = Field(default=None, description="Overrides how often a checkpoint is written.")
+    max_pairs: int | None = Field(default=None, description="Overrides how many train pairs the stage reads.")
     seed: int = Field(default=13, description="Shuffling and initialisation seed.")
 
 
@@ -68,6 +69,7 @@ def recipe_for(stage: str, config: TrainConfig, batch_size: int | None = None) -
             ("max_minutes", config.max_minutes),
             ("learning_rate", config.learning_rate),
             ("save_steps", config.save_steps),
+            ("max_pairs", config.max_pairs),
             ("batch_size", batch_size),
         ]
         if value is not None

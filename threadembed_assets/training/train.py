@@ -170,7 +170,7 @@ def train_stage(
         max_steps=max_steps,
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate,
-        warmup_ratio=recipe.warmup_ratio,
+        warmup_steps=recipe.warmup_ratio,  # a float below 1 is a ratio of the total steps
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         bf16=precision == "bf16",
         fp16=precision == "fp16",

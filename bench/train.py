@@ -1,0 +1,113 @@
+"""Training throughput of the stage code (what the training assets run) against a bare
+`SentenceTransformerTrainer` on the same pairs, in the same run.
+
+    python bench/train.py [--steps 40] [--batch-size 32] [--messages 5000]
+
+Both train MultipleNegativesRankingLoss inside MatryoshkaLoss with no-duplicates batches from the same base model
+on the same `thread_pairs` rows (generated sample chat); each runs twice, alternating, and pairs/s is
+steps x batch / training seconds (model loading, evaluation and saving excluded on both sides).
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.training_args import BatchSamplers
+
+from threadembed_assets.pairs.build import PairConfig, build_pairs
+from threadembed_assets.sources.raw_cache import write_raw_cache
+from threadembed_assets.sources.sample import generate_sample
+from threadembed_assets.sources.schema import batched
+from threadembed_assets.training.data import load_pairs
+from threadembed_assets.training.presets import Recipe
+from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.train import build_loss, train_stage
+from threadembed_assets.warehouse.conversations import build_conversations
+from threadembed_assets.warehouse.load import LoadOptions, load_messages
+
+
+def prepare_pairs(work: Path, n_messages: int, n_pairs: int):
+    write_raw_cache(batched(generate_sample(n_messages, seed=5)), work / "raw")
+    with duckdb.connect(str(work / "warehouse.duckdb")) as con:
+        load_messages(con, "sample", work / "raw", LoadOptions())
+        build_conversations(con, "sample")
+        build_pairs(con, "A", "sample", PairConfig())
+        return load_pairs(con, ["thread_pairs"], n_pairs, seed=1)
+
+
+def bare(dataset, base: str, recipe: Recipe, work: Path) -> float:
+    model = SentenceTransformer(base, device="cpu")
+    model.max_seq_length = recipe.max_seq_length
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "bare"),
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        warmup_steps=recipe.warmup_ratio,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=build_loss(model, recipe))
+    start = time.perf_counter()
+    trainer.train()
+    return recipe.max_steps * recipe.batch_size / (time.perf_counter() - start)
+
+
+def ours(dataset, base: str, recipe: Recipe, work: Path, attempt: int) -> float:
+    result = train_stage(
+        stage="bench",
+        start_from=base,
+        train_dataset=dataset,
+        eval_set=({}, {}, {}),
+        recipe=recipe,
+        device="cpu",
+        precision="fp32",
+        eval_batch_size=64,
+        work_dir=work / f"work{attempt}",
+        run_dir=work / f"run{attempt}",
+        seed=13,
+        log=lambda message: None,
+    )
+    return result.pairs_per_second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--messages", type=int, default=5000)
+    args = parser.parse_args()
+    recipe = Recipe(
+        epochs=100,
+        max_steps=args.steps,
+        max_minutes=60,
+        learning_rate=3e-5,
+        batch_size=args.batch_size,
+        max_seq_length=128,
+        max_pairs=args.steps * args.batch_size,
+        save_steps=10_000,
+        eval_queries=0,
+    )
+    base = ModelStore().base_model_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        dataset = prepare_pairs(work, args.messages, recipe.max_pairs)
+        rates = {"bare trainer": [], "threadembed stage": []}
+        for attempt in range(2):
+            rates["bare trainer"].append(bare(dataset, base, recipe, work))
+            rates["threadembed stage"].append(ours(dataset, base, recipe, work, attempt))
+        best = {name: max(values) for name, values in rates.items()}
+        print(f"{len(dataset)} thread pairs, {args.steps} steps x batch {args.batch_size}, max_seq_length 128, CPU")
+        for name, values in rates.items():
+            print(f"{name:<20} {' '.join(f'{v:6.1f}' for v in values)} pairs/s  (best {best[name]:.1f})")
+        print(f"ratio (best of each): {best['threadembed stage'] / best['bare trainer']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
