@@ -75,7 +75,8 @@ import dagster as dg
 from threadembed_assets.definitions import ASSETS, build_resources
 dg.materialize(
     ASSETS, selection=dg.AssetSelection.assets("thread_model"), resources=build_resources(),
-    run_config={"ops": {"thread_model": {"config": {"preset": "smoke", "max_steps": 40, "save_steps": 4, "max_pairs": 400}}}},
+    run_config={"ops": {"thread_model": {"config": {
+        "preset": "smoke", "max_steps": 40, "save_steps": 4, "max_pairs": 400}}}},
 )
 """
 
