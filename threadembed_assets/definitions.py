@@ -6,6 +6,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from threadembed_assets import settings
+from threadembed_assets.benchmark.assets import BENCHMARK_ASSETS
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.checks import build_pair_quality_check
 from threadembed_assets.sources.assets import RAW_ASSETS
@@ -33,7 +34,15 @@ def build_resources() -> dict:
     }
 
 
-ASSETS = [*RAW_ASSETS, messages, conversations, conversation_summaries, *PAIR_ASSETS, *TRAINING_ASSETS]
+ASSETS = [
+    *RAW_ASSETS,
+    messages,
+    conversations,
+    conversation_summaries,
+    *PAIR_ASSETS,
+    *TRAINING_ASSETS,
+    *BENCHMARK_ASSETS,
+]
 ASSET_CHECKS = [build_pair_quality_check(asset) for asset in [*PAIR_ASSETS, hard_negative_pairs]]
 
 defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, resources=build_resources())

@@ -70,6 +70,8 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
     lines += [f"{table}: {', '.join(f'{s} {n}' for s, n in splits) or 'none'}" for table, splits in pairs]
     for event in result.get_asset_materialization_events():
         name, meta = event.asset_key.to_user_string(), event.materialization.metadata
+        if name == "benchmark_scores":
+            lines.append("benchmark_scores, MRR@10 on the test split (full dimension):\n" + meta["mrr@10"].value)
         if name in STAGES:
             lines.append(
                 f"{name}: {meta['steps'].value} steps, {meta['pairs_per_second'].value} pairs/s, dev thread MRR@10 "

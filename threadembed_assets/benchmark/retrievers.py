@@ -1,0 +1,115 @@
+"""Retrievers that score every query against every document: dense (any Matryoshka dimension, with a cached
+corpus), BM25, hybrid by reciprocal rank fusion, and dense with a time-proximity prior."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import bm25s
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from threadembed_assets.benchmark.tasks import Task
+
+RRF_K = 60
+
+
+def model_key(name_or_path: str) -> str:
+    """Identity of a model for the cache: a local checkpoint by its resolved path and weights' mtime."""
+    path = Path(name_or_path)
+    if not path.exists():
+        return name_or_path
+    resolved = path.resolve()
+    weights = sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin"))
+    stamp = max((w.stat().st_mtime_ns for w in weights), default=0)
+    return f"{resolved}@{stamp}"
+
+
+class EmbeddingCache:
+    """Embeddings per (model, text hash) in a DuckDB file, so that a re-run does not re-encode."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(str(path))
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings (model VARCHAR, text_hash VARCHAR, vector FLOAT[], "
+            "PRIMARY KEY (model, text_hash))"
+        )
+        self.hits = self.misses = 0
+
+    def encode(self, model, key: str, texts: list[str], batch_size: int) -> np.ndarray:
+        """Full-dimension embeddings of `texts`, encoding only those not cached for `key`."""
+        hashes = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        self.con.register("wanted", pa.table({"text_hash": list(dict.fromkeys(hashes))}))
+        found = dict(
+            self.con.execute(
+                "SELECT e.text_hash, e.vector FROM embeddings e JOIN wanted w USING (text_hash) WHERE e.model = ?",
+                [key],
+            ).fetchall()
+        )
+        self.con.unregister("wanted")
+        missing = {h: t for h, t in zip(hashes, texts, strict=True) if h not in found}
+        self.hits += len(hashes) - sum(1 for h in hashes if h in missing)
+        self.misses += len(missing)
+        if missing:
+            vectors = model.encode(list(missing.values()), batch_size=batch_size, convert_to_numpy=True)
+            table = pa.table(
+                {"model": [key] * len(missing), "text_hash": list(missing), "vector": [v.tolist() for v in vectors]}
+            )
+            self.con.register("fresh", table)
+            self.con.execute("INSERT OR REPLACE INTO embeddings SELECT model, text_hash, vector FROM fresh")
+            self.con.unregister("fresh")
+            found.update(zip(missing, vectors, strict=True))
+        return np.array([found[h] for h in hashes], dtype=np.float32)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def dense_scores(query_vectors: np.ndarray, doc_vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """Cosine similarity at the first `dim` dimensions (Matryoshka truncation, then renormalised)."""
+    q, d = (v[:, :dim] if dim else v for v in (query_vectors, doc_vectors))
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return q @ d.T
+
+
+def bm25_scores(task: Task) -> np.ndarray:
+    """BM25 (bm25s, English stopwords) of every query against every document."""
+    index = bm25s.BM25()
+    index.index(bm25s.tokenize(task.docs, stopwords="en", show_progress=False), show_progress=False)
+    tokenized = bm25s.tokenize(task.queries, stopwords="en", show_progress=False, return_ids=False)
+    return np.vstack([index.get_scores(tokens) for tokens in tokenized]) if task.queries else np.zeros((0, 0))
+
+
+def rrf_scores(*score_matrices: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Reciprocal rank fusion: sum of 1 / (60 + rank) over the fused retrievers."""
+    fused = np.zeros_like(score_matrices[0], dtype=np.float64)
+    for scores in score_matrices:
+        masked = scores.astype(np.float64, copy=True)
+        if allowed is not None:
+            masked[~allowed] = -np.inf
+        ranks = (-masked).argsort(axis=1).argsort(axis=1) + 1
+        fused += 1.0 / (RRF_K + ranks)
+    return fused
+
+
+def time_prior(task: Task, scale_s: float) -> np.ndarray:
+    """exp(-gap / scale) between each query's time and each document's time span (0 where a time is unknown)."""
+    query_ts = np.array([np.nan if t is None else t for t in task.query_ts], dtype=np.float64)
+    start = np.array([np.nan if s is None else s for s, _ in task.doc_ts], dtype=np.float64)
+    end = np.array([np.nan if e is None else e for _, e in task.doc_ts], dtype=np.float64)
+    gap = np.maximum(0.0, np.maximum(start[None, :] - query_ts[:, None], query_ts[:, None] - end[None, :]))
+    prior = np.exp(-gap / scale_s)
+    return np.nan_to_num(prior, nan=0.0)
+
+
+def encode_task(model, key: str, task: Task, cache: EmbeddingCache, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query vectors, document vectors) of a task at the model's full dimension."""
+    return cache.encode(model, key, task.queries, batch_size), cache.encode(model, key, task.docs, batch_size)
+
+
+def default_cache_path() -> Path:
+    """`$THREADEMBED_DATA_DIR/cache/embeddings.duckdb`."""
+    return Path(os.environ.get("THREADEMBED_DATA_DIR", "data")) / "cache" / "embeddings.duckdb"
