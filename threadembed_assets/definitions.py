@@ -10,6 +10,12 @@ from threadembed_assets.benchmark.assets import BENCHMARK_ASSETS
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.checks import build_pair_quality_check
 from threadembed_assets.sources.assets import RAW_ASSETS
+from threadembed_assets.sources.automation import (
+    chat_export_job,
+    discord_refresh_job,
+    discord_sample_refresh,
+    imports_sensor,
+)
 from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.summaries.client import LLMResource
 from threadembed_assets.training.assets import TRAINING_ASSETS, hard_negative_pairs
@@ -45,4 +51,11 @@ ASSETS = [
 ]
 ASSET_CHECKS = [build_pair_quality_check(asset) for asset in [*PAIR_ASSETS, hard_negative_pairs]]
 
-defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, resources=build_resources())
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
+    jobs=[discord_refresh_job, chat_export_job],
+    schedules=[discord_sample_refresh],
+    sensors=[imports_sensor],
+    resources=build_resources(),
+)

@@ -40,6 +40,16 @@ def need_shared(name: str) -> Path:
     return path
 
 
+def need_system(present: bool, what: str) -> None:
+    """Skip without a system service on a user's machine; under CI=true its absence is a failure."""
+    if present:
+        return
+    message = f"{what} is not installed here (.ci/run installs it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """Data, models, imports and DAGSTER_HOME folders of this test alone."""

@@ -160,9 +160,10 @@ def train_stage(
     """
     started = time.monotonic()
     model = load_model(start_from, device)
-    model.max_seq_length = recipe.max_seq_length
     evaluator = dev_evaluator(eval_set, eval_batch_size)
     dev_before = headline(evaluator(model)) if evaluator else {}
+    inference_length = model.max_seq_length
+    model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = math.ceil(len(train_dataset) / recipe.batch_size)
     max_steps = max(1, min(recipe.max_steps, math.ceil(recipe.epochs * steps_per_epoch)))
     args = SentenceTransformerTrainingArguments(
@@ -194,6 +195,7 @@ def train_stage(
         log(f"{stage}: resuming from {checkpoints[-1].name}")
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     steps = trainer.state.global_step
+    model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
     dev_after = headline(evaluator(model)) if evaluator else {}
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

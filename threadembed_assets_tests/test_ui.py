@@ -1,0 +1,113 @@
+"""The Dagster UI in a real browser: `dagster dev` on 127.0.0.1, headless Chromium driven by Playwright."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from threadembed_assets_tests.conftest import materialize_source, need_system
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+GROUPS = ["raw", "warehouse", "pairs", "summaries", "training", "benchmark"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_ui(workdir, warehouse_db, monkeypatch):
+    """`dagster dev` on a free port with this test's DAGSTER_HOME and data folders; stopped afterwards."""
+    need_system(CHROMIUM.exists(), "Chromium (Debian package chromium)")
+    monkeypatch.setenv("THREADEMBED_WAREHOUSE", str(warehouse_db))
+    with dg.DagsterInstance.get() as instance:  # raw_sample's cache, so that `messages` can be launched alone
+        assert materialize_source(
+            "sample", warehouse_db, {"n_messages": 500}, only=["raw_sample"], instance=instance
+        ).success
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(root / "workspace.yaml"),
+        ],
+        cwd=root,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/server_info", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_asset_graph_shows_the_groups_and_a_partition_materializes_from_the_ui(dagster_ui, warehouse_db):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{dagster_ui}/asset-groups", wait_until="networkidle")
+        skip = page.get_by_role("button", name="Skip")
+        if skip.count():
+            skip.first.click()
+        for group in GROUPS:
+            expect(page.get_by_text(group, exact=True).first).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "asset-graph.png"))
+
+        page.goto(f"{dagster_ui}/assets/messages", wait_until="networkidle")
+        page.get_by_role("button", name="Materialize…").first.click()
+        dialog = page.locator("div.bp5-dialog").last
+        dialog.get_by_text("Select a partition or create one").click()
+        page.locator("label", has=page.locator("[title='sample']")).first.click()
+        page.get_by_role("button", name="Launch 1 run").click()
+        deadline = time.monotonic() + 120
+        succeeded = False
+        while time.monotonic() < deadline and not succeeded:
+            time.sleep(2)
+            with dg.DagsterInstance.get() as instance:
+                runs = instance.get_runs()
+                succeeded = any(r.is_success and r.tags.get("dagster/partition") == "sample" for r in runs)
+        page.screenshot(path=str(ARTIFACTS / "materialize-messages.png"))
+        browser.close()
+    assert succeeded, "the run launched from the UI did not succeed"
