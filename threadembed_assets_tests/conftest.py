@@ -1,6 +1,7 @@
 """Shared fixtures: offline hubs, a private data folder per test, the shared IRC data, Dagster runs."""
 
 import os
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -38,6 +39,13 @@ def need_shared(name: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def need_system(present: bool, what: str) -> None:

@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import psycopg2
 import pytest
 import yaml
 
-from threadembed_assets_tests.conftest import materialize_source, need_system
+from threadembed_assets_tests.conftest import free_port, materialize_source, need_system
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -41,12 +40,6 @@ def count(port: int, sql: str) -> int:
     with psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="dagster") as con, con.cursor() as cur:
         cur.execute(sql)
         return cur.fetchone()[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from threadembed_assets_tests.conftest import materialize_source, need_system
+from threadembed_assets_tests.conftest import free_port, materialize_source, need_system
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 GROUPS = ["raw", "warehouse", "pairs", "summaries", "training", "benchmark"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import duckdb
 from pydantic import Field
 
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
+from threadembed_assets.warehouse.schema import transaction
 
 PAIR_COLUMNS = ["strategy", "source", "split", "anchor", "positive", "negative", "conversation_id", "meta"]
 STRATEGIES = {"A": "thread_pairs", "B": "query_response_pairs", "C": "temporal_pairs", "D": "summary_pairs"}
@@ -216,14 +217,10 @@ def build_pairs(con: duckdb.DuckDBPyConnection, strategy: str, source: str, conf
         "response_messages": config.response_messages,
     }
     used = {name: value for name, value in query_params.items() if f"${name}" in query}
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM {table} WHERE source = $source", {"source": source})
-        con.execute(f"INSERT INTO {table} {_CLEAN_SQL.format(query=query)}", used)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(f"DELETE FROM {table} WHERE source = $source", {"source": source})
+            con.execute(f"INSERT INTO {table} {_CLEAN_SQL.format(query=query)}", used)
     finally:
         con.execute("DROP TABLE IF EXISTS pair_context; DROP TABLE IF EXISTS pair_chunks")
     return con.execute(f"SELECT count(*) FROM {table} WHERE source = $source", {"source": source}).fetchone()[0]

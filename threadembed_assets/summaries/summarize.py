@@ -18,6 +18,7 @@ from threadembed_assets.summaries.client import LLMCallFailed, LLMResource
 from threadembed_assets.summaries.extractive import extractive_summaries
 from threadembed_assets.summaries.prompt import PROMPT_VERSION, summary_messages
 from threadembed_assets.warehouse.render import render_window
+from threadembed_assets.warehouse.schema import transaction
 
 _DDL = [
     """CREATE TABLE IF NOT EXISTS summary_cache (
@@ -189,15 +190,11 @@ def write_summaries(
         {name: [row[i] for row in rows] for i, name in enumerate(names)},
         schema=pa.schema([(n, pa.string()) for n in names]),
     )
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM conversation_summaries WHERE source = $source", {"source": source})
-        con.register("new_summaries", table)
-        con.execute("INSERT INTO conversation_summaries SELECT * FROM new_summaries")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute("DELETE FROM conversation_summaries WHERE source = $source", {"source": source})
+            con.register("new_summaries", table)
+            con.execute("INSERT INTO conversation_summaries SELECT * FROM new_summaries")
     finally:
         con.unregister("new_summaries")
     return len(rows)

@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
 from threadembed_assets.pairs.build import PAIR_COLUMNS, STRATEGIES, pair_table_ddl
+from threadembed_assets.warehouse.schema import transaction
 
 HARD_NEGATIVE_TABLE = "hard_negative_pairs"
 
@@ -100,15 +101,11 @@ def write_hard_negative_pairs(con: duckdb.DuckDBPyConnection, source: str, rows:
         {c: [r[c] for r in records] for c in PAIR_COLUMNS}, schema=pa.schema([(c, pa.string()) for c in PAIR_COLUMNS])
     )
     con.execute(pair_table_ddl(HARD_NEGATIVE_TABLE))
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM {HARD_NEGATIVE_TABLE} WHERE source = $source", {"source": source})
-        con.register("new_pairs", table)
-        con.execute(f"INSERT INTO {HARD_NEGATIVE_TABLE} SELECT {', '.join(PAIR_COLUMNS)} FROM new_pairs")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(f"DELETE FROM {HARD_NEGATIVE_TABLE} WHERE source = $source", {"source": source})
+            con.register("new_pairs", table)
+            con.execute(f"INSERT INTO {HARD_NEGATIVE_TABLE} SELECT {', '.join(PAIR_COLUMNS)} FROM new_pairs")
     finally:
         con.unregister("new_pairs")
     return len(records)

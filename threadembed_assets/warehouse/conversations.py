@@ -3,7 +3,7 @@
 import duckdb
 
 from threadembed_assets.warehouse.render import render_window
-from threadembed_assets.warehouse.schema import ensure_schema
+from threadembed_assets.warehouse.schema import ensure_schema, transaction
 
 _CONVERSATIONS_SELECT = """
 SELECT source, min(platform), min(channel), conversation_id, min(conversation_method),
@@ -18,14 +18,9 @@ def build_conversations(con: duckdb.DuckDBPyConnection, source: str) -> dict:
     """Replace `source`'s rows of `conversations` in one transaction; return counts by split and method."""
     ensure_schema(con)
     params = {"source": source}
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM conversations WHERE source = $source", params)
         con.execute(f"INSERT INTO conversations {_CONVERSATIONS_SELECT}", params)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     stats = con.execute(
         "SELECT count(*), coalesce(median(n_messages), 0), count(*) FILTER (WHERE n_messages >= 3) "
         "FROM conversations WHERE source = $source",

@@ -7,7 +7,7 @@ import duckdb
 from pydantic import Field
 
 from threadembed_assets.sources.raw_cache import PART_GLOB
-from threadembed_assets.warehouse.schema import ensure_schema
+from threadembed_assets.warehouse.schema import ensure_schema, transaction
 
 
 class LoadOptions(dg.Config):
@@ -131,24 +131,20 @@ def load_messages(con: duckdb.DuckDBPyConnection, source: str, raw_cache: Path, 
     ensure_schema(con)
     con.execute(_STAGE_SQL, {"glob": str(raw_cache / PART_GLOB), "max_text_chars": options.max_text_chars})
     params = {"source": source}
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM messages WHERE source = $source", params)
-        con.execute(
-            _MESSAGES_SQL,
-            {
-                **params,
-                "gap_seconds": options.gap_minutes * 60,
-                "train_ratio": options.train_ratio,
-                "dev_ratio": options.dev_ratio,
-            },
-        )
-        con.execute("DELETE FROM quarantine WHERE source = $source", params)
-        con.execute(_QUARANTINE_SQL, params)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute("DELETE FROM messages WHERE source = $source", params)
+            con.execute(
+                _MESSAGES_SQL,
+                {
+                    **params,
+                    "gap_seconds": options.gap_minutes * 60,
+                    "train_ratio": options.train_ratio,
+                    "dev_ratio": options.dev_ratio,
+                },
+            )
+            con.execute("DELETE FROM quarantine WHERE source = $source", params)
+            con.execute(_QUARANTINE_SQL, params)
     finally:
         con.execute("DROP TABLE IF EXISTS staged")
     return message_counts(con, source)

@@ -1,5 +1,8 @@
 """DuckDB tables of the warehouse. Every table carries `source`, the partition key a materialization replaces."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import duckdb
 
 MESSAGES_DDL = """
@@ -59,3 +62,15 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 def table_schema(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
     """(column, type) pairs of a warehouse table."""
     return [(row[0], row[1]) for row in con.execute(f"DESCRIBE {table}").fetchall()]
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT, or ROLLBACK when the block raises: a partition's rows change all at once or not at all."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
