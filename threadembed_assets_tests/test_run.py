@@ -3,10 +3,13 @@
 from threadembed_assets import run
 
 
-def test_run_materializes_sample_through_the_pair_checks(workdir, capsys):
+def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, capsys):
     assert run.main(["--source", "sample", "--preset", "smoke"]) == 0
     out = capsys.readouterr().out
     assert "source sample: 50" in out and "quarantine: none" in out
-    for table in ["thread_pairs", "query_response_pairs", "temporal_pairs", "summary_pairs"]:
-        assert f"{table}: dev" in out
+    for table in ["thread_pairs", "query_response_pairs", "temporal_pairs", "summary_pairs", "hard_negative_pairs"]:
         assert f"check {table}.pair_quality: passed" in out
+    for stage in ["thread_model", "retrieval_model", "hard_negative_model"]:
+        assert f"{stage}: " in out and "dev thread MRR@10" in out
+    assert "benchmark_scores, MRR@10 on the test split" in out
+    assert "| hard_negative_model | dense |" in out and "| bm25 | bm25 |" in out
