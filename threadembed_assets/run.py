@@ -16,6 +16,7 @@ from threadembed_assets.pairs.build import STRATEGIES
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.training.assets import STAGES
 from threadembed_assets.training.presets import MINING_ANCHORS
+from threadembed_assets.warehouse.schema import table_names
 
 
 def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -51,7 +52,7 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
             "SELECT reason, count(*) FROM quarantine WHERE source = $source GROUP BY ALL ORDER BY 2 DESC",
             params,
         ).fetchall()
-        tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        tables = table_names(con)
         pairs = [
             (
                 table,

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
+from threadembed_assets.warehouse.schema import table_names
 
 TASK_KINDS = ("thread", "response_message", "response_window", "summary")
 
@@ -110,15 +111,21 @@ def _span(lines: list[tuple]) -> tuple[float | None, float | None]:
     return (min(times), max(times)) if times else (None, None)
 
 
+def _conversation_corpus(
+    by_conversation: dict[str, list[tuple]], max_chars: int, leave_out: dict[str, tuple] | None = None
+) -> tuple[list[str], list[str], list[tuple[float | None, float | None]]]:
+    """Ids, rendered documents and time spans of every conversation of 2+ messages; a conversation's message in
+    `leave_out` (its query) is not part of its document."""
+    leave_out = leave_out or {}
+    doc_ids = [cid for cid, lines in by_conversation.items() if len(lines) >= 2]
+    docs = ["\n".join(r[4] for r in by_conversation[cid] if leave_out.get(cid) is not r)[:max_chars] for cid in doc_ids]
+    return doc_ids, docs, [_span(by_conversation[cid]) for cid in doc_ids]
+
+
 def _thread_task(source, by_conversation, picked, config, suffix) -> Task:
     """A message finds its conversation; the message is left out of that conversation's document."""
     query_of = {cid: by_conversation[cid][len(by_conversation[cid]) // 2] for cid in picked}
-    doc_ids = [cid for cid, lines in by_conversation.items() if len(lines) >= 2]
-    docs, spans = [], []
-    for cid in doc_ids:
-        lines = [r for r in by_conversation[cid] if query_of.get(cid) is not r]
-        docs.append("\n".join(r[4] for r in lines)[: config.max_doc_chars])
-        spans.append(_span(by_conversation[cid]))
+    doc_ids, docs, spans = _conversation_corpus(by_conversation, config.max_doc_chars, leave_out=query_of)
     index = {cid: i for i, cid in enumerate(doc_ids)}
     return Task(
         name="thread" + suffix,
@@ -205,17 +212,14 @@ def _response_window_task(source, by_conversation, picked, config, suffix) -> Ta
 
 def _summary_tasks(con, source, splits, by_conversation, config) -> list[Task]:
     """A summary finds its conversation, one task per summarizer (LLM and extractive are never mixed)."""
-    tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    if "conversation_summaries" not in tables:
+    if "conversation_summaries" not in table_names(con):
         return []
     summaries = con.execute(
         "SELECT summarizer, conversation_id, summary FROM conversation_summaries "
         "WHERE source = $source AND list_contains($splits, split) ORDER BY conversation_id",
         {"source": source, "splits": splits},
     ).fetchall()
-    doc_ids = [cid for cid, lines in by_conversation.items() if len(lines) >= 2]
-    docs = ["\n".join(r[4] for r in by_conversation[cid])[: config.max_doc_chars] for cid in doc_ids]
-    spans = [_span(by_conversation[cid]) for cid in doc_ids]
+    doc_ids, docs, spans = _conversation_corpus(by_conversation, config.max_doc_chars)
     index = {cid: i for i, cid in enumerate(doc_ids)}
     tasks = []
     for summarizer in sorted({s for s, _, _ in summaries}):

@@ -124,7 +124,7 @@ def summarize_with_llm(
     con.execute("DELETE FROM summary_failures WHERE source = $source", {"source": source})
     with ThreadPoolExecutor(max_workers=llm.max_concurrency) as pool:
         futures = {pool.submit(llm.complete, summary_messages(c.rendered)): c for c in missing.values()}
-        for future in as_completed(futures):
+        for finished, future in enumerate(as_completed(futures), start=1):
             conversation = futures[future]
             try:
                 done = future.result()
@@ -155,7 +155,6 @@ def summarize_with_llm(
                 "tokens_out) VALUES (?, ?, ?, ?, ?, ?)",
                 [conversation.content_hash, llm.model, PROMPT_VERSION, done.text, done.tokens_in, done.tokens_out],
             )
-            finished = len(missing) - sum(1 for f in futures if not f.done())
             if log is not None and finished % 25 == 0:
                 log(f"{finished}/{len(missing)} summaries requested so far")
     return stats

@@ -4,6 +4,7 @@ import duckdb
 from datasets import Dataset
 
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
+from threadembed_assets.warehouse.schema import table_names
 
 
 def load_pairs(
@@ -13,7 +14,7 @@ def load_pairs(
 
     Columns: anchor, positive (and negative when `with_negative`, keeping only rows that have one).
     """
-    existing = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    existing = table_names(con)
     missing = [table for table in tables if table not in existing]
     if missing:
         raise ValueError(f"pair tables {missing} do not exist yet: materialize them first")

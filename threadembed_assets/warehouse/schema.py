@@ -59,6 +59,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl)
 
 
+def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the tables in the database."""
+    return {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
 def table_schema(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
     """(column, type) pairs of a warehouse table."""
     return [(row[0], row[1]) for row in con.execute(f"DESCRIBE {table}").fetchall()]
