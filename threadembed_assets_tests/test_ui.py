@@ -106,7 +106,11 @@ def test_asset_graph_shows_the_groups_and_a_partition_materializes_from_the_ui(d
             confirm.wait_for(state="visible", timeout=5_000)
             confirm.click()
         page.get_by_text("Select a partition or create one").first.click()
-        page.locator("label", has=page.locator("[title='sample']")).first.click()
+        sample_item = page.locator("label", has=page.locator("[title='sample']")).first
+        sample_item.click()
+        # The partition dropdown stays open after a pick and can cover the launch button: close it first.
+        page.locator("[class*='tagSelectorContainer']").first.click()
+        expect(sample_item).to_be_hidden()
         page.get_by_role("button", name="Launch 1 run").click()
         deadline = time.monotonic() + 120
         succeeded = False
