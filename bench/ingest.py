@@ -1,6 +1,6 @@
 """Warehouse load rate and peak memory, next to DuckDB's own `read_json` of the same file in the same run.
 
-    python bench/ingest.py [--messages 1000000] [--irc ../shared/data/irc/irc_train.jsonl]
+    python bench/ingest.py [--messages 1000000] [--irc ../shared/data/irc/irc_train.jsonl] [--repeat 3]
 
 Each measurement runs in a fresh child process so that its peak RSS is its own. "ours" is the whole path a
 `chat_export` materialization takes: chat JSONL -> raw Parquet cache -> `messages` + `quarantine` in DuckDB
@@ -56,17 +56,22 @@ def generate_chat_jsonl(path: Path, n_messages: int) -> None:
             handle.write(json.dumps({name: row[name] for name in fields}) + "\n")
 
 
-def measure(mode: str, path: Path) -> dict:
-    with tempfile.TemporaryDirectory() as work:
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, mode, str(path), work], check=True, capture_output=True, text=True
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure(mode: str, path: Path, repeat: int) -> dict:
+    """The run with the median time among `repeat` fresh-process runs."""
+    runs = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as work:
+            out = subprocess.run(
+                [sys.executable, "-c", _CHILD, mode, str(path), work], check=True, capture_output=True, text=True
+            )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument(
         "--irc", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/irc/irc_train.jsonl"
     )
@@ -83,8 +88,8 @@ def main() -> None:
             f"{'raw s':>6} {'warehouse s':>12} {'ours RSS MB':>12} {'duckdb RSS MB':>14}"
         )
         for name, path in files:
-            duck = measure("duckdb", path)
-            ours = measure("ours", path)
+            duck = measure("duckdb", path, args.repeat)
+            ours = measure("ours", path, args.repeat)
             ours_rate, duck_rate = ours["rows"] / ours["seconds"], duck["rows"] / duck["seconds"]
             print(
                 f"{name:<32} {path.stat().st_size / 1e6:>6.1f} {ours['rows']:>9,} {ours_rate:>11,.0f} "

@@ -21,23 +21,17 @@ class LoadOptions(dg.Config):
     dev_ratio: float = Field(default=0.1, description="Share in the dev split; test gets the rest.")
 
 
-# Every raw row gets at most one reason; rows without one are messages. Duplicates are decided among the
-# otherwise good rows (the first occurrence in file order stays). Numbers are epoch seconds; strings are ISO-8601,
-# with an offset or in UTC.
-_STAGE_SQL = """
+# A row's place across the raw parts (in file order): parts are read in name order, 2**40 rows per part at most.
+_ROW_ORD = "file_index * 1099511627776 + file_row_number"
+
+# `staged` holds the keys of every raw row and its quarantine reason (at most one), not its text: the text is read
+# from the Parquet parts once more where a row is written, so no wide intermediate is materialized. Duplicates are
+# decided among the otherwise good rows (the first occurrence in file order stays). Strings are ISO-8601, with an
+# offset or in UTC; numbers are epoch seconds.
+_STAGE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE staged AS
-WITH raw AS (
-    SELECT CAST(regexp_extract(filename, 'part-([0-9]+)', 1) AS BIGINT) * 1099511627776 + file_row_number AS row_ord,
-        * EXCLUDE (filename, file_row_number, seq),
-        coalesce(seq, file_row_number + 1) AS seq,
-        CASE
-            WHEN TRY_CAST(timestamp AS DOUBLE) IS NOT NULL
-                THEN try(to_timestamp(CAST(timestamp AS DOUBLE))) AT TIME ZONE 'UTC'
-            ELSE TRY_CAST(timestamp AS TIMESTAMPTZ) AT TIME ZONE 'UTC'
-        END AS ts
-    FROM read_parquet($glob, filename = true, file_row_number = true)
-), checked AS (
-    SELECT *,
+WITH checked AS (
+    SELECT row_ord, message_id, conversation_id, reply_to, channel, ts,
         CASE
             WHEN error IS NOT NULL THEN split_part(error, ':', 1)
             WHEN text IS NULL OR trim(text) = '' THEN 'no_text'
@@ -45,12 +39,17 @@ WITH raw AS (
             WHEN message_id IS NULL OR trim(message_id) = '' THEN 'no_message_id'
             WHEN timestamp IS NOT NULL AND ts IS NULL THEN 'unparseable_timestamp'
         END AS bad_reason
-    FROM raw
+    FROM (
+        SELECT *, {_ROW_ORD} AS row_ord,
+            coalesce(TRY_CAST(timestamp AS TIMESTAMPTZ), try(to_timestamp(TRY_CAST(timestamp AS DOUBLE))))
+                AT TIME ZONE 'UTC' AS ts
+        FROM read_parquet($glob, file_row_number = true)
+    )
 ), first_of_duplicates AS (
     SELECT message_id, min(row_ord) AS first_ord FROM checked WHERE bad_reason IS NULL
     GROUP BY message_id HAVING count(*) > 1
 )
-SELECT checked.*,
+SELECT checked.* EXCLUDE (bad_reason),
     coalesce(bad_reason, CASE WHEN row_ord > first_ord THEN 'duplicate_message_id' END) AS reason
 FROM checked LEFT JOIN first_of_duplicates ON checked.bad_reason IS NULL
     AND checked.message_id = first_of_duplicates.message_id
@@ -59,10 +58,11 @@ FROM checked LEFT JOIN first_of_duplicates ON checked.bad_reason IS NULL
 # Conversations: gold ids where present; otherwise the root of the reply chain (a reply to a gold message joins
 # that conversation); messages with no reply links form sessions split by silences within a channel. The chain
 # walk only visits messages without a gold id (and the gold messages they reply to), so gold data skips it.
-_MESSAGES_SQL = """
+# Positions and splits are computed on the keys; the text and the other columns join in at the end.
+_MESSAGES_SQL = f"""
 INSERT INTO messages
 WITH RECURSIVE good AS (
-    SELECT * FROM staged WHERE reason IS NULL
+    SELECT * EXCLUDE (reason) FROM staged WHERE reason IS NULL
 ), ungrouped AS (
     SELECT message_id, reply_to FROM good WHERE conversation_id IS NULL
 ), walk(message_id, root_id, root_conversation) AS (
@@ -91,35 +91,37 @@ WITH RECURSIVE good AS (
         FROM assigned WHERE conversation_method = 'time_gap'
     )
 ), resolved AS (
-    SELECT assigned.* REPLACE (
+    SELECT assigned.row_ord, assigned.ts, assigned.conversation_method,
         CASE assigned.conversation_method
             WHEN 'gold' THEN assigned.conversation_id
             WHEN 'reply_chain' THEN coalesce(assigned.root_conversation, 'chain:' || assigned.root_id)
             ELSE 'gap:' || coalesce(assigned.channel, '') || ':' || sessions.session_no
         END AS conversation_id
-    )
     FROM assigned LEFT JOIN sessions USING (row_ord)
+), placed AS (
+    SELECT *,
+        CAST(row_number() OVER (PARTITION BY conversation_id ORDER BY ts, row_ord) - 1 AS INTEGER) AS position,
+        CAST(('0x' || left(md5(conversation_id), 8)) AS UBIGINT) / 4294967296.0 AS bucket
+    FROM resolved
 )
 SELECT
-    $source AS source, coalesce(platform, 'chat') AS platform, channel, message_id, conversation_id, reply_to,
-    author, ts,
-    CAST(row_number() OVER (PARTITION BY conversation_id ORDER BY ts, row_ord) - 1 AS INTEGER) AS position,
-    text,
+    $source AS source, coalesce(raw.platform, 'chat') AS platform, raw.channel, raw.message_id,
+    placed.conversation_id, raw.reply_to, raw.author, placed.ts, placed.position, raw.text,
     CASE
         WHEN bucket < $train_ratio THEN 'train'
         WHEN bucket < $train_ratio + $dev_ratio THEN 'dev'
         ELSE 'test'
     END AS split,
-    conversation_method
-FROM (
-    SELECT *, CAST(('0x' || left(md5(conversation_id), 8)) AS UBIGINT) / 4294967296.0 AS bucket FROM resolved
-)
+    placed.conversation_method
+FROM placed JOIN read_parquet($glob, file_row_number = true) AS raw ON placed.row_ord = raw.{_ROW_ORD}
 """
 
-_QUARANTINE_SQL = """
+_QUARANTINE_SQL = f"""
 INSERT INTO quarantine
-SELECT $source, reason, coalesce(error, reason), message_id, conversation_id, origin, seq, left(text, 2000)
-FROM staged WHERE reason IS NOT NULL
+SELECT $source, staged.reason, coalesce(raw.error, staged.reason), raw.message_id, raw.conversation_id, raw.origin,
+    coalesce(raw.seq, raw.file_row_number + 1), left(raw.text, 2000)
+FROM staged JOIN read_parquet($glob, file_row_number = true) AS raw ON staged.row_ord = raw.{_ROW_ORD}
+WHERE staged.reason IS NOT NULL
 """
 
 
@@ -129,22 +131,24 @@ def load_messages(con: duckdb.DuckDBPyConnection, source: str, raw_cache: Path, 
     Returns counts: messages, quarantined rows by reason, conversations by method.
     """
     ensure_schema(con)
-    con.execute(_STAGE_SQL, {"glob": str(raw_cache / PART_GLOB), "max_text_chars": options.max_text_chars})
-    params = {"source": source}
+    glob = str(raw_cache / PART_GLOB)
+    con.execute(_STAGE_SQL, {"glob": glob, "max_text_chars": options.max_text_chars})
+    by_source = {"source": source}
     try:
         with transaction(con):
-            con.execute("DELETE FROM messages WHERE source = $source", params)
+            con.execute("DELETE FROM messages WHERE source = $source", by_source)
             con.execute(
                 _MESSAGES_SQL,
                 {
-                    **params,
+                    **by_source,
+                    "glob": glob,
                     "gap_seconds": options.gap_minutes * 60,
                     "train_ratio": options.train_ratio,
                     "dev_ratio": options.dev_ratio,
                 },
             )
-            con.execute("DELETE FROM quarantine WHERE source = $source", params)
-            con.execute(_QUARANTINE_SQL, params)
+            con.execute("DELETE FROM quarantine WHERE source = $source", by_source)
+            con.execute(_QUARANTINE_SQL, {**by_source, "glob": glob})
     finally:
         con.execute("DROP TABLE IF EXISTS staged")
     return message_counts(con, source)
