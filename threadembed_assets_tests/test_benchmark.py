@@ -9,7 +9,13 @@ import pytest
 from threadembed_assets.benchmark.__main__ import main as benchmark_cli
 from threadembed_assets.benchmark.assets import training_conversations_in
 from threadembed_assets.benchmark.metrics import per_query, ranks_of_relevant, summarize
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, rrf_scores, time_prior
+from threadembed_assets.benchmark.retrievers import (
+    EmbeddingCache,
+    line_windows,
+    rrf_scores,
+    time_prior,
+    windowed_scores,
+)
 from threadembed_assets.benchmark.score import score_rows
 from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks
 from threadembed_assets.training.resources import ModelStore
@@ -69,6 +75,15 @@ def test_fusion_and_time_prior():
     )
     prior = time_prior(task, scale_s=3600)
     assert prior[0, 0] == 1.0 and prior[0, 1] == pytest.approx(np.exp(-1)) and prior[0, 2] == 0.0
+
+
+def test_windows_cover_each_document_and_the_best_window_adds_to_its_score():
+    windows, owners = line_windows(["a\nb\nc\nd\ne\nf\ng", "x", "a\nb\nc\nd\ne"])
+    assert windows == ["a\nb\nc\nd", "c\nd\ne\nf", "d\ne\nf\ng", "x", "a\nb\nc\nd", "b\nc\nd\ne"]
+    assert owners.tolist() == [0, 0, 0, 1, 2, 2]
+    doc_scores = np.array([[0.5, 0.6, 0.1]])
+    window_scores = np.array([[0.1, 0.9, 0.2, 0.3, 0.0, 0.4]])
+    assert windowed_scores(doc_scores, window_scores, owners) == pytest.approx(np.array([[1.4, 0.9, 0.5]]))
 
 
 def test_tasks_come_from_the_test_split_only(workdir, warehouse_db):
@@ -149,7 +164,7 @@ def test_cli_scores_a_model_and_bm25_on_a_chat_file(workdir, capsys):
     )
     rows = json.loads(out.read_text())
     assert {r["task"] for r in rows} == {"thread", "response_message"}
-    assert {r["retriever"] for r in rows} == {"dense", "hybrid", "time_aware"}
+    assert {r["retriever"] for r in rows} == {"dense", "dense_windows", "hybrid", "time_aware"}
     assert {r["dim"] for r in rows if r["retriever"] == "dense"} == {384, 256, 128, 64}
     assert all(0.0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1.0 for r in rows)
     assert "| model | retriever |" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Retrievers that score every query against every document: dense (any Matryoshka dimension, with a cached
-corpus), BM25, hybrid by reciprocal rank fusion, and dense with a time-proximity prior."""
+corpus), dense over a document's windows, BM25, hybrid by reciprocal rank fusion, and dense with a time-proximity
+prior."""
 
 import hashlib
 import os
@@ -13,6 +14,8 @@ import pyarrow as pa
 from threadembed_assets.benchmark.tasks import Task
 
 RRF_K = 60
+WINDOW_LINES = 4  # a document's windows for `windowed_scores`: this many rendered lines...
+WINDOW_STRIDE = 2  # ...every this many lines
 
 
 def model_key(name_or_path: str) -> str:
@@ -73,6 +76,28 @@ def dense_scores(query_vectors: np.ndarray, doc_vectors: np.ndarray, dim: int | 
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
     return q @ d.T
+
+
+def line_windows(docs: list[str]) -> tuple[list[str], np.ndarray]:
+    """Overlapping windows of `WINDOW_LINES` lines every `WINDOW_STRIDE` lines of each document (the last window
+    ends at the document's end; a short document is one window), and the index of the document of each window."""
+    windows: list[str] = []
+    owners: list[int] = []
+    for index, doc in enumerate(docs):
+        lines = doc.split("\n")
+        last_start = max(0, len(lines) - WINDOW_LINES)
+        starts = sorted({*range(0, last_start + 1, WINDOW_STRIDE), last_start})
+        windows += ["\n".join(lines[start : start + WINDOW_LINES]) for start in starts]
+        owners += [index] * len(starts)
+    return windows, np.array(owners, dtype=np.int64)
+
+
+def windowed_scores(doc_scores: np.ndarray, window_scores: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """Each document's similarity to the query plus that of its best-matching window: a one-line query about one
+    moment of a long conversation is found by the window around that moment as well as by the whole."""
+    best = np.full_like(doc_scores, -np.inf)
+    np.maximum.at(best.T, owners, window_scores.T)
+    return doc_scores + best
 
 
 def bm25_scores(task: Task) -> np.ndarray:

@@ -8,9 +8,11 @@ from threadembed_assets.benchmark.retrievers import (
     bm25_scores,
     dense_scores,
     encode_task,
+    line_windows,
     model_key,
     rrf_scores,
     time_prior,
+    windowed_scores,
 )
 from threadembed_assets.benchmark.tasks import Task
 from threadembed_assets.training.train import load_model, matryoshka_dims
@@ -74,7 +76,8 @@ def score_all(
     n_bootstrap: int = 1000,
     log=print,
 ) -> tuple[list[dict], dict[str, float]]:
-    """Rows for BM25 and, per model, dense at every Matryoshka dimension, hybrid and time-aware at full dimension.
+    """Rows for BM25 and, per model, dense at every Matryoshka dimension; dense over windows, hybrid and time-aware
+    at full dimension.
 
     Returns the rows and the time-prior weight chosen per model (tuned on `dev_tasks` when given).
     """
@@ -97,6 +100,11 @@ def score_all(
             full = dense_scores(queries, docs)
             for dim in dims:
                 rows += score_rows(name, "dense", dim, task, dense_scores(queries, docs, dim), n_bootstrap)
+            windows, owners = line_windows(task.docs)
+            by_window = dense_scores(queries, cache.encode(model, key, windows, batch_size))
+            rows += score_rows(
+                name, "dense_windows", dims[0], task, windowed_scores(full, by_window, owners), n_bootstrap
+            )
             rows += score_rows(
                 name, "hybrid", dims[0], task, rrf_scores(full, bm25[id(task)], allowed=task.allowed()), n_bootstrap
             )
