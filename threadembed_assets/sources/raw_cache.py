@@ -66,12 +66,13 @@ def _swap(partial: Path, dest: Path) -> None:
 
 def raw_cache_stats(dest: Path) -> dict:
     """Rows, unreadable rows and bytes of a raw cache (read from the parts' `error` column alone)."""
-    rows = error_rows = 0
+    rows = error_rows = size = 0
     for part in dest.glob(PART_GLOB):
         errors = pq.ParquetFile(part).read(columns=["error"]).column("error")
         rows += len(errors)
         error_rows += len(errors) - errors.null_count
-    return {"rows": rows, "error_rows": error_rows, "bytes": sum(p.stat().st_size for p in dest.glob(PART_GLOB))}
+        size += part.stat().st_size
+    return {"rows": rows, "error_rows": error_rows, "bytes": size}
 
 
 def preview_markdown(dest: Path, limit: int = 8) -> str:

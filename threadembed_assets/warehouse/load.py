@@ -21,8 +21,12 @@ class LoadOptions(dg.Config):
     dev_ratio: float = Field(default=0.1, description="Share in the dev split; test gets the rest.")
 
 
-# A row's place across the raw parts (in file order): parts are read in name order, 2**40 rows per part at most.
-_ROW_ORD = "file_index * 1099511627776 + file_row_number"
+# The raw rows with `row_ord`, a row's place across the parts in file order (parts are read in name order, 2**40
+# rows per part at most), on which staging and the later reads of the same rows join.
+_RAW_ROWS = (
+    "(SELECT *, file_index * 1099511627776 + file_row_number AS row_ord FROM "
+    "read_parquet($glob, file_row_number = true))"
+)
 
 # `staged` holds the keys of every raw row and its quarantine reason (at most one), not its text: the text is read
 # from the Parquet parts once more where a row is written, so no wide intermediate is materialized. Duplicates are
@@ -40,10 +44,10 @@ WITH checked AS (
             WHEN timestamp IS NOT NULL AND ts IS NULL THEN 'unparseable_timestamp'
         END AS bad_reason
     FROM (
-        SELECT *, {_ROW_ORD} AS row_ord,
+        SELECT *,
             coalesce(TRY_CAST(timestamp AS TIMESTAMPTZ), try(to_timestamp(TRY_CAST(timestamp AS DOUBLE))))
                 AT TIME ZONE 'UTC' AS ts
-        FROM read_parquet($glob, file_row_number = true)
+        FROM {_RAW_ROWS}
     )
 ), first_of_duplicates AS (
     SELECT message_id, min(row_ord) AS first_ord FROM checked WHERE bad_reason IS NULL
@@ -113,14 +117,14 @@ SELECT
         ELSE 'test'
     END AS split,
     placed.conversation_method
-FROM placed JOIN read_parquet($glob, file_row_number = true) AS raw ON placed.row_ord = raw.{_ROW_ORD}
+FROM placed JOIN {_RAW_ROWS} AS raw USING (row_ord)
 """
 
 _QUARANTINE_SQL = f"""
 INSERT INTO quarantine
 SELECT $source, staged.reason, coalesce(raw.error, staged.reason), raw.message_id, raw.conversation_id, raw.origin,
     coalesce(raw.seq, raw.file_row_number + 1), left(raw.text, 2000)
-FROM staged JOIN read_parquet($glob, file_row_number = true) AS raw ON staged.row_ord = raw.{_ROW_ORD}
+FROM staged JOIN {_RAW_ROWS} AS raw USING (row_ord)
 WHERE staged.reason IS NOT NULL
 """
 
