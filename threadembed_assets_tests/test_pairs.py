@@ -8,9 +8,11 @@ import duckdb
 import pytest
 
 from threadembed_assets.pairs.assets import PAIR_ASSETS
-from threadembed_assets.pairs.build import STRATEGIES
+from threadembed_assets.pairs.build import STRATEGIES, PairConfig, build_pairs
 from threadembed_assets.pairs.quality import PairQualityThresholds, judge, pair_metrics
+from threadembed_assets.warehouse.conversations import build_conversations
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL, render_message
+from threadembed_assets.warehouse.schema import ensure_schema
 from threadembed_assets_tests.conftest import materialize_source, need_shared, query
 
 PAIR_TABLES = list(STRATEGIES.values())
@@ -245,3 +247,26 @@ def test_sql_rendering_matches_python_rendering():
                 f"SELECT {RENDER_MESSAGE_SQL} FROM (SELECT $a AS author, $t AS text)", {"a": author, "t": text}
             ).fetchone()[0]
             assert sql == render_message(author, text)
+
+
+def test_a_question_keeps_its_replies_even_when_they_also_follow_it():
+    """Replies to a question are also its following messages; the answer is cut among the replies alone."""
+    messages = [
+        ("q", None, "ann", "how do I get grub back after the kernel update?"),
+        ("r1", "q", "bob", "boot a live usb and chroot in"),
+        ("r2", "q", "cyd", "then run update-grub"),
+        ("r3", None, "bob", "and reboot"),
+    ]
+    with duckdb.connect() as con:
+        ensure_schema(con)
+        for position, (message_id, reply_to, author, text) in enumerate(messages):
+            con.execute(
+                "INSERT INTO messages VALUES ('s', 'irc', '#c', ?, 'c1', ?, ?, TIMESTAMP '2024-01-01 10:00:00' "
+                "+ to_minutes(?), ?, ?, 'train', 'gold')",
+                [message_id, reply_to, author, position, position, text],
+            )
+        build_conversations(con, "s")
+        for _ in range(3):  # the same answer every time
+            assert build_pairs(con, "B", "s", PairConfig(response_messages=2)) == 1
+            answer = con.execute("SELECT positive, meta->>'answer_from' FROM query_response_pairs").fetchone()
+            assert answer == ("bob: boot a live usb and chroot in\ncyd: then run update-grub", "reply_to")

@@ -132,7 +132,7 @@ WITH questions AS (
 ), chosen AS (
     SELECT * FROM candidates
     QUALIFY kind = min(kind) OVER (PARTITION BY question_id)
-        AND row_number() OVER (PARTITION BY question_id ORDER BY position) <= $response_messages
+        AND row_number() OVER (PARTITION BY question_id, kind ORDER BY position) <= $response_messages
 ), answers AS (
     SELECT question_id, any_value(kind) AS kind,
         left(string_agg(line, chr(10) ORDER BY position), $max_window_chars) AS answer
