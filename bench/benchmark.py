@@ -40,7 +40,7 @@ def main() -> None:
         for _ in range(2):
             cache = EmbeddingCache(Path(tmp) / "scores.duckdb")
             start = time.perf_counter()
-            score_all(tasks, {"base": base}, cache, device="cpu", batch_size=64, with_bm25=False, log=lambda m: None)
+            score_all(tasks, {"base": base}, cache, device="cpu", batch_size=64, log=lambda m: None)
             timings.append(time.perf_counter() - start)
             cache.close()
     print(f"{len(texts)} distinct texts from {args.data.name} ({len(tasks)} tasks), all-MiniLM-L6-v2 on CPU")

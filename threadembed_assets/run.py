@@ -1,6 +1,6 @@
 """`make run`: materialize the pipeline for one source partition and print a short summary.
 
-python -m threadembed_assets.run --source sample --preset cpu
+python -m threadembed_assets.run --source ubuntu_irc --preset cpu
 """
 
 import argparse
@@ -15,7 +15,7 @@ from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
 from threadembed_assets.pairs.build import STRATEGIES
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.training.assets import STAGES
-from threadembed_assets.training.presets import MINING_ANCHORS
+from threadembed_assets.training.presets import BENCHMARK_QUERIES, MINING_ANCHORS
 from threadembed_assets.warehouse.schema import table_names
 
 
@@ -34,6 +34,7 @@ def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.E
             "ops": {
                 **{stage: {"config": {"preset": preset}} for stage in STAGES},
                 "hard_negative_pairs": {"config": {"max_anchors": MINING_ANCHORS[preset]}},
+                "benchmark_tasks": {"config": {"max_queries": BENCHMARK_QUERIES[preset]}},
             },
         },
         raise_on_error=False,
@@ -69,10 +70,14 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
         f"quarantine: {', '.join(f'{r} {n}' for r, n in quarantine) or 'none'}",
     ]
     lines += [f"{table}: {', '.join(f'{s} {n}' for s, n in splits) or 'none'}" for table, splits in pairs]
+    scores = []
     for event in result.get_asset_materialization_events():
         name, meta = event.asset_key.to_user_string(), event.materialization.metadata
         if name == "benchmark_scores":
-            lines.append("benchmark_scores, MRR@10 on the test split (full dimension):\n" + meta["mrr@10"].value)
+            scores.append(
+                "benchmark_scores, MRR@10 (full dimension); queries from test-split conversations, candidates every "
+                "conversation and message of their channel:\n" + meta["mrr@10"].value
+            )
         if name in STAGES:
             lines.append(
                 f"{name}: {meta['steps'].value} steps, {meta['pairs_per_second'].value} pairs/s, dev thread MRR@10 "
@@ -81,13 +86,13 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
     for evaluation in result.get_asset_check_evaluations():
         outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
         lines.append(f"check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {outcome}")
-    return "\n".join(lines)
+    return "\n".join(lines + scores)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress goes to the Dagster log, not progress bars
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="sample", choices=sorted(SOURCES))
+    parser.add_argument("--source", default="ubuntu_irc", choices=sorted(SOURCES))
     parser.add_argument("--preset", default="cpu", choices=sorted(MINING_ANCHORS))
     args = parser.parse_args(argv)
     result = run_pipeline(args.source, args.preset, dg.DagsterInstance.get())

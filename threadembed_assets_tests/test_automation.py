@@ -41,11 +41,12 @@ def test_imports_sensor_launches_for_new_or_changed_files_only(workdir):
         result, cursor = evaluate(None)
         assert isinstance(result, dg.SkipReason)
         (imports / "team.jsonl").write_text('{"message_id": "1", "text": "hi"}\n')
-        result, cursor = evaluate(cursor)
-        assert isinstance(result, dg.RunRequest) and result.partition_key == "chat_export"
-        assert result.tags["threadembed/changed"] == "team.jsonl"
+        first, cursor = evaluate(cursor)
+        assert isinstance(first, dg.RunRequest) and first.partition_key == "chat_export"
+        assert first.tags["threadembed/changed"] == "team.jsonl" and first.run_key
         result, cursor = evaluate(cursor)
         assert isinstance(result, dg.SkipReason)  # unchanged files launch nothing
         (imports / "team.jsonl").write_text('{"message_id": "1", "text": "hello"}\n')
         changed, cursor = evaluate(cursor)
-        assert isinstance(changed, dg.RunRequest) and changed.run_key != result
+        assert isinstance(changed, dg.RunRequest) and changed.tags["threadembed/changed"] == "team.jsonl"
+        assert changed.run_key and changed.run_key != first.run_key  # a new key, or Dagster skips it as a repeat

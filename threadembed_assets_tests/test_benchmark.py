@@ -1,24 +1,30 @@
-"""Benchmark: metrics by hand, tasks free of training conversations, the CLI, and the embedding cache."""
+"""Benchmark: metrics and paired verdicts by hand, honest tasks and time signals, refusal of leaked models, the CLI,
+and the embedding cache."""
 
+import datetime as dt
 import json
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
 
 from threadembed_assets.benchmark.__main__ import main as benchmark_cli
-from threadembed_assets.benchmark.assets import training_conversations_in
-from threadembed_assets.benchmark.metrics import per_query, ranks_of_relevant, summarize
+from threadembed_assets.benchmark.__main__ import tasks_from_file
+from threadembed_assets.benchmark.metrics import paired_test, per_query, ranks_of_relevant, summarize, verdict
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     line_windows,
+    nearest_gaps,
+    recency_scores,
     rrf_scores,
     time_prior,
     windowed_scores,
 )
-from threadembed_assets.benchmark.score import score_rows
+from threadembed_assets.benchmark.score import results_markdown, score_all, score_rows, scored
 from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks
 from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.warehouse.provenance import train_conversations, write_provenance
 from threadembed_assets_tests.conftest import materialize_source
 
 
@@ -41,10 +47,8 @@ def toy_task(n: int = 20) -> Task:
         name="thread",
         source="s",
         queries=[f"q{i}" for i in range(n)],
-        query_ts=[None] * n,
         docs=[f"d{i}" for i in range(n)],
         doc_ids=[str(i) for i in range(n)],
-        doc_ts=[(None, None)] * n,
         relevant=list(range(n)),
     )
 
@@ -52,29 +56,74 @@ def toy_task(n: int = 20) -> Task:
 def test_a_perfect_retriever_scores_one_and_a_reversed_one_scores_low():
     task = toy_task()
     perfect = np.eye(20) + np.random.default_rng(0).random((20, 20)) * 0.5
-    metrics = {r["metric"]: r["value"] for r in score_rows("oracle", "dense", 8, task, perfect, 100)}
-    assert metrics == {"mrr@10": 1.0, "recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0, "ndcg@10": 1.0}
-    reversed_metrics = {r["metric"]: r["value"] for r in score_rows("anti", "dense", 8, task, -perfect, 100)}
+    rows = score_rows([scored("oracle", "dense", 8, task, perfect)], 100)
+    assert {r["metric"]: r["value"] for r in rows} == {
+        "mrr@10": 1.0,
+        "recall@1": 1.0,
+        "recall@5": 1.0,
+        "recall@10": 1.0,
+        "ndcg@10": 1.0,
+    }
+    reversed_metrics = {r["metric"]: r["value"] for r in score_rows([scored("anti", "dense", 8, task, -perfect)], 100)}
     assert reversed_metrics["mrr@10"] == 0.0 and reversed_metrics["recall@10"] == 0.0
 
 
-def test_fusion_and_time_prior():
-    a = np.array([[3.0, 2.0, 1.0]])
-    b = np.array([[1.0, 2.0, 3.0]])
-    fused = rrf_scores(a, b)
-    assert fused[0, 1] == pytest.approx(2 / 62) and fused[0, 0] == fused[0, 2]
-    task = Task(
-        "thread",
-        "s",
-        ["q"],
-        [1000.0],
-        ["a", "b", "c"],
-        ["a", "b", "c"],
-        [(900.0, 1100.0), (4600.0, 5000.0), (None, None)],
-        [0],
+def test_paired_verdicts_need_a_significant_difference_on_the_same_queries():
+    rng = np.random.default_rng(1)
+    baseline = rng.random(200)
+    better = np.clip(baseline + 0.1 + rng.normal(0, 0.05, 200), 0, 1)
+    delta, p_value = paired_test(better, baseline)
+    assert delta > 0.05 and p_value < 0.001 and verdict(delta, p_value) == "win"
+    assert verdict(*paired_test(baseline, better)) == "loss"
+    noisy = baseline + rng.normal(0, 0.3, 200)  # no systematic difference
+    assert verdict(*paired_test(noisy - noisy.mean() + baseline.mean(), baseline)) == "tie"
+    assert paired_test(baseline, baseline) == (0.0, 1.0)
+    task = toy_task()
+    good = np.eye(20)
+    results = [scored("bm25", "bm25", None, task, -good), scored("m", "dense", 384, task, good)]
+    table = results_markdown(results)
+    assert "| m | dense | 1.000 ▲ |" in table and "| bm25 | bm25 | 0.000 |" in table
+
+
+def timed_task(name: str, query: tuple[str, float | None, int], docs: list[tuple[str, list[float], list[int]]]) -> Task:
+    """One query (channel, time, order) over documents (channel, message times, message orders)."""
+    return Task(
+        name=name,
+        source="s",
+        queries=["q"],
+        docs=[f"d{i}" for i in range(len(docs))],
+        doc_ids=[f"d{i}" for i in range(len(docs))],
+        relevant=[0],
+        query_channel=[query[0]],
+        query_ts=[query[1]],
+        query_order=[query[2]],
+        doc_channel=[d[0] for d in docs],
+        doc_times=[d[1] for d in docs],
+        doc_orders=[d[2] for d in docs],
     )
-    prior = time_prior(task, scale_s=3600)
-    assert prior[0, 0] == 1.0 and prior[0, 1] == pytest.approx(np.exp(-1)) and prior[0, 2] == 0.0
+
+
+def test_time_prior_and_recency_use_the_nearest_message_in_the_same_channel():
+    task = timed_task(
+        "thread",
+        ("#a", 1000.0, 10),
+        [
+            ("#a", [400.0, 1600.0], [4, 16]),  # nearest message 600 s away
+            ("#a", [4600.0, 100.0], [30, 2]),  # 900 s
+            ("#b", [1000.0], [11]),  # the same time, another channel
+            ("#a", [], [12]),  # no times: two messages away
+        ],
+    )
+    prior = time_prior(task, scale_s=600)
+    assert prior[0] == pytest.approx([np.exp(-1), np.exp(-1.5), 0.0, 0.0])
+    seconds, messages = nearest_gaps(task)
+    assert seconds[0, :3].tolist() == [600.0, 900.0, np.inf] and messages[0].tolist() == [6, 8, np.inf, 2]
+    assert (-recency_scores(task)[0]).argsort().tolist() == [0, 1, 3, 2]
+    response = timed_task("response_message", ("#a", None, 10), [("#a", [], [13]), ("#a", [], [11])])
+    assert recency_scores(response)[0, 1] > recency_scores(response)[0, 0]  # the next message in the channel first
+    a = np.array([[3.0, 2.0, 1.0]])
+    fused = rrf_scores(a, a[:, ::-1])
+    assert fused[0, 1] == pytest.approx(2 / 62) and fused[0, 0] == fused[0, 2]
 
 
 def test_windows_cover_each_document_and_the_best_window_adds_to_its_score():
@@ -86,26 +135,91 @@ def test_windows_cover_each_document_and_the_best_window_adds_to_its_score():
     assert windowed_scores(doc_scores, window_scores, owners) == pytest.approx(np.array([[1.4, 0.9, 0.5]]))
 
 
-def test_tasks_come_from_the_test_split_only(workdir, warehouse_db):
+def test_queries_come_from_the_test_split_and_candidates_from_every_split(workdir, warehouse_db):
     assert materialize_source("sample", warehouse_db, with_pairs=True).success
     with duckdb.connect(str(warehouse_db)) as con:
         tasks = all_tasks(con, ["test"], TaskConfig())
-        assert {t.name for t in tasks} >= {
-            "thread",
-            "response_message",
-            "response_window",
-            "summary_extractive",
-            "thread@slack",
-        }
-        assert training_conversations_in(con, tasks) == 0
-        test = {c for (c,) in con.execute("SELECT conversation_id FROM conversations WHERE split = 'test'").fetchall()}
+        split_of = dict(con.execute("SELECT conversation_id, split FROM conversations").fetchall())
+        channel_of = dict(con.execute("SELECT conversation_id, channel FROM conversations").fetchall())
+    assert {t.name for t in tasks} >= {"thread", "response_message", "response_window", "summary_extractive"}
+    assert "thread@slack" in {t.name for t in tasks}
     for task in tasks:
-        assert set(task.conversations) <= test
-        if task.candidates:  # the true next message among up to 10 of the channel's next messages
-            assert all(1 < len(c) <= 10 and c[0] == r for c, r in zip(task.candidates, task.relevant, strict=True))
-            assert sum(len(c) == 10 for c in task.candidates) > len(task.candidates) / 2
-        doc_conversations = {d.split("@")[0] for d in task.doc_ids} if task.name.startswith("response_w") else set()
-        assert doc_conversations <= test
+        assert {split_of[c] for c in task.conversations} == {"test"}
+    thread = next(t for t in tasks if t.name == "thread")
+    assert {split_of[d] for d in thread.doc_ids} == {"train", "dev", "test"}  # the real interleaved neighbours
+    for query, candidates in zip(thread.conversations, thread.candidates, strict=True):
+        assert {channel_of[thread.doc_ids[i]] for i in candidates} == {channel_of[query]}
+    response = next(t for t in tasks if t.name == "response_message")
+    assert all(c[0] == r and 1 < len(c) <= 30 for c, r in zip(response.candidates, response.relevant, strict=True))
+    assert sum(len(c) == 30 for c in response.candidates) > len(response.candidates) / 2
+    windows = next(t for t in tasks if t.name == "response_window")
+    assert {split_of[d.split("@")[0]] for d in windows.doc_ids} == {"train", "dev", "test"}
+
+
+def publish_fake_model(models: Path, stage: str, learned: dict) -> None:
+    """A checkpoint folder holding only its provenance (benchmark_tasks reads nothing else), published as latest."""
+    run_dir = models / stage / "run-1"
+    run_dir.mkdir(parents=True)
+    write_provenance(run_dir, learned, [], None)
+    ModelStore(root=str(models)).publish(stage, run_dir)
+
+
+def test_benchmark_tasks_refuse_a_model_that_learned_from_a_test_conversation(workdir, warehouse_db):
+    assert materialize_source("sample", warehouse_db, {"n_messages": 1500}).success
+    with duckdb.connect(str(warehouse_db)) as con:
+        learned = train_conversations(con, ["sample"])
+    publish_fake_model(workdir / "models", "thread_model", learned)
+    assert materialize_source("sample", warehouse_db, only=["benchmark_tasks"]).success  # trained on train: fine
+    # The same data split otherwise: conversations the model learned from now give test queries.
+    resplit = {"train_ratio": 0.4, "dev_ratio": 0.1}
+    assert materialize_source("sample", warehouse_db, {"n_messages": 1500}, resplit).success
+    refused = materialize_source("sample", warehouse_db, only=["benchmark_tasks"])
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "thread_model" in failure and "learned from the conversations of" in failure
+
+
+def write_time_only_chat(path: Path) -> None:
+    """Conversations of one channel where only a query's own timestamp links it to its conversation's time span:
+    the messages of every conversation but its middle (query) one were sent at the same moment (or carry no time),
+    and conversation c's query is sent c hours after that; so its own conversation is no nearer in time than any
+    other, but a span that kept the query would contain the query's time."""
+    topics = ["grub after a kernel update", "wifi firmware", "docker disk full", "git rebase conflict", "sourdough"]
+    rows = []
+    origin = dt.datetime(2020, 1, 1)
+    for c in range(30):
+        times = [origin, origin + dt.timedelta(seconds=1), origin + dt.timedelta(hours=c + 1), None]
+        topic = topics[c % len(topics)]
+        texts = [f"anyone know about {topic}?", f"{topic} again", f"the {topic} fix worked", "ok"]
+        for i, (when, text) in enumerate(zip(times, texts, strict=True)):
+            rows.append(
+                {
+                    "source": "irc_test",
+                    "channel": "#c",
+                    "message_id": f"{c}-{i}",
+                    "conversation_id": f"c{c}",
+                    "reply_to": None,
+                    "timestamp": when.isoformat() if when else None,
+                    "author": f"u{(c + i) % 5}",
+                    "text": text,
+                }
+            )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_time_aware_gains_nothing_from_the_query_own_timestamp(workdir):
+    data = workdir / "time_only.jsonl"
+    write_time_only_chat(data)
+    config = TaskConfig(held_out_platform="", candidate_hours=0)  # every conversation of the channel
+    tasks = [t for t in tasks_from_file(data, config) if t.name == "thread"]
+    assert len(tasks[0].queries) == 30
+    cache = EmbeddingCache(workdir / "cache.duckdb")
+    results, _ = score_all(tasks, {"base": ModelStore().base_model_path()}, cache, device="cpu", batch_size=32)
+    cache.close()
+    mrr = {(r.model, r.retriever): r.mrr().mean() for r in results if r.full_dim}
+    assert mrr[("base", "dense")] < 0.9  # room for a leak to show
+    assert mrr[("base", "time_aware")] <= mrr[("base", "dense")]
+    assert mrr[("recency", "recency")] < 0.2
 
 
 def write_chat(path, n_conversations: int = 30) -> None:
@@ -162,14 +276,18 @@ def test_cli_scores_a_model_and_bm25_on_a_chat_file(workdir, capsys):
         )
         == 0
     )
-    rows = json.loads(out.read_text())
+    written = json.loads(out.read_text())
+    rows = written["scores"]
     assert {r["task"] for r in rows} == {"thread", "response_message"}
-    assert {r["retriever"] for r in rows} == {"dense", "dense_windows", "hybrid", "time_aware"}
+    assert {r["retriever"] for r in rows} == {"bm25", "recency", "dense", "dense_windows", "hybrid", "time_aware"}
     assert {r["dim"] for r in rows if r["retriever"] == "dense"} == {384, 256, 128, 64}
     assert all(0.0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1.0 for r in rows)
+    verdicts = [v for v in written["verdicts"] if v["retriever"] == "dense"]
+    assert {v["task"] for v in verdicts} == {"thread", "response_message"}
+    assert all(v["vs_bm25"] in ("win", "tie", "loss") and 0 < v["vs_bm25_p"] <= 1 for v in verdicts)
     assert "| model | retriever |" in capsys.readouterr().out
-    assert benchmark_cli(["--model", "bm25", "--data", str(data), "--json", str(out)]) == 0
-    assert {r["model"] for r in json.loads(out.read_text())} == {"bm25"}
+    assert benchmark_cli(["--model", "recency", "--data", str(data), "--json", str(out)]) == 0
+    assert {r["model"] for r in json.loads(out.read_text())["scores"]} == {"bm25", "recency"}
     with pytest.raises(SystemExit):
         benchmark_cli(["--model", "bm25", "--data", str(workdir / "missing.jsonl")])
 

@@ -1,5 +1,6 @@
 """`chat_export`: every import format, and the bad imports a user can hand it."""
 
+import gzip
 import json
 import tempfile
 import zipfile
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from threadembed_assets.sources.chat_export import EmptyImportsError, detect_format, read_imports
+from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
 from threadembed_assets_tests.conftest import raw_rows
 
 LIMIT = 10 * 1024 * 1024
@@ -30,6 +32,28 @@ def chat_line(i: int, conversation: str, text: str, **extra) -> str:
         "text": text,
     }
     return json.dumps({**row, **extra})
+
+
+def test_gzipped_chat_jsonl_part_with_a_row_budget_clean_or_with_a_bad_line(tmp_path):
+    lines = [chat_line(i, "c1", f"hello {i}") for i in range(5)]
+    clean, broken = tmp_path / "clean.jsonl.gz", tmp_path / "broken.jsonl.gz"
+    clean.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    broken.write_bytes(gzip.compress(("\n".join([*lines[:2], '{"text": "cut', *lines[2:]]) + "\n").encode()))
+
+    def rows_of(path, **options) -> list[dict]:
+        with tempfile.TemporaryDirectory() as cache:
+            return raw_rows([chat_jsonl_part(path, "mine", "irc", **options)], Path(cache))
+
+    assert [r["text"] for r in rows_of(clean)] == [f"hello {i}" for i in range(5)]
+    assert [(r["text"], r["source"], r["platform"]) for r in rows_of(clean, max_rows=2)] == [
+        ("hello 0", "irc_ubuntu", "irc"),
+        ("hello 1", "irc_ubuntu", "irc"),
+    ]
+    # The bad line sends the file through the line-by-line reader, which must read gzip too.
+    tolerant = rows_of(broken)
+    assert [r["text"] for r in tolerant if r["error"] is None] == [f"hello {i}" for i in range(5)]
+    assert [(r["seq"], r["error"].split(":")[0]) for r in tolerant if r["error"]] == [(3, "malformed_json")]
+    assert len(rows_of(broken, max_rows=2)) == 2
 
 
 def slack_day(messages: list[tuple[str, str, str]]) -> str:

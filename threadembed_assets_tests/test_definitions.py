@@ -16,6 +16,7 @@ DESIGN_SOURCES = {
     "ultrachat",
     "chat_export",
     "sample",
+    "ubuntu_irc",  # the shipped slice of real IRC chat, the offline default of `make run`
 }
 
 

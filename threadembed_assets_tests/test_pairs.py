@@ -7,13 +7,14 @@ import dagster as dg
 import duckdb
 import pytest
 
+from threadembed_assets.definitions import ASSET_CHECKS
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.build import STRATEGIES, PairConfig, build_pairs
 from threadembed_assets.pairs.quality import PairQualityThresholds, judge, pair_metrics
 from threadembed_assets.warehouse.conversations import build_conversations
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL, render_message
 from threadembed_assets.warehouse.schema import ensure_schema
-from threadembed_assets_tests.conftest import materialize_source, need_shared, query
+from threadembed_assets_tests.conftest import materialize_source, need_shared, query, resources_for
 
 PAIR_TABLES = list(STRATEGIES.values())
 
@@ -172,6 +173,54 @@ def test_injected_duplicates_fail_the_check_and_block_downstream(workdir, wareho
     assert "downstream_of_pairs" not in step_keys_started(result)
 
 
+def run_pair_checks(warehouse, instance: dg.DagsterInstance, tables: list[str]) -> dict:
+    """Run the pair_quality checks of `tables` alone (no pair table is rebuilt): table -> its evaluation."""
+    result = dg.materialize(
+        [*PAIR_ASSETS, *ASSET_CHECKS],
+        selection=dg.AssetSelection.checks(*(dg.AssetCheckKey(dg.AssetKey(t), "pair_quality") for t in tables)),
+        tags={"dagster/partition": "sample"},  # a selection of checks alone has no partitions to validate a key
+        instance=instance,
+        resources=resources_for(warehouse),
+        raise_on_error=False,
+    )
+    assert step_keys_started(result) == {f"{t}_pair_quality" for t in tables}
+    return {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
+
+
+def corrupt(warehouse, sql: str) -> int:
+    """Rows of a real pair table changed by hand: what the builder never writes."""
+    with duckdb.connect(str(warehouse)) as con:
+        return con.execute(sql).fetchone()[0]
+
+
+def assert_fails_with(evaluation, rule: str) -> None:
+    errors = evaluation.metadata["errors"].data
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR, errors
+    assert any(rule in message for message in errors), errors
+
+
+def test_hand_corrupted_pairs_fail_the_rules_the_builder_never_trips(workdir, warehouse_db):
+    """Empty texts, anchor = positive and negative = positive cannot come out of the builder, so only rows changed
+    by hand after a real materialization show that the check catches them."""
+    instance = dg.DagsterInstance.ephemeral()
+    tables = ["thread_pairs", "query_response_pairs", "temporal_pairs"]
+    built = materialize_source("sample", warehouse_db, {"n_messages": 1500}, instance=instance, also=tables)
+    assert built.success and all(e.passed for e in built.get_asset_check_evaluations())
+    assert all(e.passed for e in run_pair_checks(warehouse_db, instance, tables).values())  # clean as built
+
+    # With no earlier materialization to compare with, the rules on the table alone.
+    emptied = corrupt(warehouse_db, "UPDATE thread_pairs SET anchor = ' ' WHERE rowid % 10 = 0")
+    echoed = corrupt(warehouse_db, "UPDATE query_response_pairs SET positive = anchor WHERE rowid % 20 = 0")
+    same = corrupt(
+        warehouse_db, "UPDATE temporal_pairs SET negative = positive WHERE negative IS NOT NULL AND rowid % 50 = 0"
+    )
+    assert emptied > 0 and echoed > 0 and same > 0
+    evaluations = run_pair_checks(warehouse_db, instance, tables)
+    assert_fails_with(evaluations["thread_pairs"], "empty rate")
+    assert_fails_with(evaluations["query_response_pairs"], f"{echoed} pairs have anchor equal to positive")
+    assert_fails_with(evaluations["temporal_pairs"], f"{same} pairs have a negative equal to their positive")
+
+
 def metrics_of(rows: list[tuple]) -> dict:
     con = duckdb.connect()
     con.execute("CREATE TABLE conversations (source VARCHAR, conversation_id VARCHAR, split VARCHAR)")
@@ -212,6 +261,7 @@ def test_judge_errors_and_warnings():
         "rows": 1000,
         "leakage": 0,
         "anchor_equals_positive": 0,
+        "negative_equals_positive": 0,
         "empty_rate": 0.0,
         "duplicate_rate": 0.01,
         "anchor_equals_positive_rate": 0.0,

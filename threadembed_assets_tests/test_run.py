@@ -1,6 +1,7 @@
 """`make run`'s entry point: the whole pipeline for a source, checks included, and its summary."""
 
 from threadembed_assets import run
+from threadembed_assets.training.assets import STAGES
 
 
 def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, capsys):
@@ -11,5 +12,12 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
         assert f"check {table}.pair_quality: passed" in out
     for stage in ["thread_model", "retrieval_model", "hard_negative_model"]:
         assert f"{stage}: " in out and "dev thread MRR@10" in out
-    assert "benchmark_scores, MRR@10 on the test split" in out
-    assert "| hard_negative_model | dense |" in out and "| bm25 | bm25 |" in out
+    assert "benchmark_scores, MRR@10 (full dimension); queries from test-split conversations" in out
+    table = out.split("benchmark_scores, MRR@10")[1]  # the run ends with the scores of base, baselines and stages
+    for model, retriever in [
+        ("base", "dense"),
+        ("bm25", "bm25"),
+        ("recency", "recency"),
+        *[(s, "dense") for s in STAGES],
+    ]:
+        assert f"| {model} | {retriever} |" in table

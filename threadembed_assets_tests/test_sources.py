@@ -1,5 +1,6 @@
 """Every loader on small files written in its upstream schema."""
 
+import gzip
 import io
 import json
 import tarfile
@@ -13,8 +14,8 @@ import zstandard
 
 from threadembed_assets.sources.config import RawSourceConfig
 from threadembed_assets.sources.hub import HubUnavailableError
-from threadembed_assets.sources.registry import SOURCES
-from threadembed_assets_tests.conftest import raw_rows
+from threadembed_assets.sources.registry import SOURCES, UBUNTU_IRC_FILE
+from threadembed_assets_tests.conftest import materialize_source, need_shared, query, raw_rows
 
 
 def load(source: str, **config) -> list[dict]:
@@ -308,3 +309,46 @@ def test_sample_is_deterministic_multi_platform_and_interleaved():
     assert switches > len(rows) / 4
     assert any(r["platform"] == "irc" and ": " in r["text"][:12] for r in rows)  # nick address
     assert len({r["text"].split()[0] for r in rows}) > 100  # topical variety
+
+
+def test_ubuntu_irc_reads_the_shipped_slice_as_irc_chat():
+    rows = load("ubuntu_irc", max_rows=200)
+    assert len(rows) == 200 and rows == load("ubuntu_irc", max_rows=200)
+    assert {(r["source"], r["platform"], r["error"]) for r in rows} == {("ubuntu_irc", "irc", None)}
+    assert rows[0]["message_id"] == "2004-12-25.train-c:1000" and rows[0]["origin"] == UBUNTU_IRC_FILE.name
+    assert all(r["conversation_id"] and r["timestamp"] and r["author"] for r in rows)
+    with pytest.raises(ValueError, match="chat_export"):
+        load("ubuntu_irc", path="/somewhere/else.jsonl")
+    assert (UBUNTU_IRC_FILE.parent / "LICENSE-ubuntu_irc.md").read_text().count("CC-BY-4.0") >= 1
+
+
+def test_ubuntu_irc_loads_into_the_warehouse_with_gold_conversations(workdir, warehouse_db):
+    result = materialize_source("ubuntu_irc", warehouse_db)
+    assert result.success
+    ((n_messages, n_conversations, n_channels),) = query(
+        warehouse_db,
+        "SELECT count(*), count(DISTINCT conversation_id), count(DISTINCT channel) FROM messages "
+        "WHERE source = 'ubuntu_irc'",
+    )
+    quarantined = query(warehouse_db, "SELECT reason, count(*) FROM quarantine GROUP BY ALL")
+    assert quarantined == [("no_text", 3)]  # three lines of the corpus have empty text, each its own conversation
+    assert (n_messages, n_conversations, n_channels) == (20_337 - 3, 3_124 - 3, 51)
+    assert query(warehouse_db, "SELECT DISTINCT platform, conversation_method FROM messages") == [("irc", "gold")]
+    ((conversation_rows,),) = query(warehouse_db, "SELECT count(*) FROM conversations WHERE source = 'ubuntu_irc'")
+    assert conversation_rows == n_conversations
+    splits = dict(query(warehouse_db, "SELECT split, count(*) FROM conversations GROUP BY ALL"))
+    assert set(splits) == {"train", "dev", "test"} and splits["train"] > splits["dev"] + splits["test"]
+
+
+@pytest.mark.slow
+def test_ubuntu_irc_slice_is_every_third_channel_of_irc_train_unchanged():
+    """The shipped file is what data/LICENSE-ubuntu_irc.md says: every third channel of irc_train, in sorted order
+    from the first, whole and in order, with `source` set to ubuntu_irc and nothing else changed."""
+    with need_shared("irc_train.jsonl").open(encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    keep = set(sorted({r["channel"] for r in records})[::3])
+    expected = [{**r, "source": "ubuntu_irc"} for r in records if r["channel"] in keep]
+    with gzip.open(UBUNTU_IRC_FILE, "rt", encoding="utf-8") as handle:
+        shipped = [json.loads(line) for line in handle]
+    assert shipped == expected
+    assert (len(shipped), len(keep), len({r["conversation_id"] for r in shipped})) == (20_337, 51, 3_124)

@@ -173,4 +173,25 @@ def test_call_gives_up_after_max_attempts_with_the_kind():
         with pytest.raises(LLMCallFailed) as failed:
             llm.complete([{"role": "user", "content": "hello"}])
     assert failed.value.kind == "server_error" and failed.value.attempts == 2 and "sk-x" not in str(failed.value)
-    assert call_with_retries  # the resource goes through the same retry function
+
+
+def test_the_resource_retries_through_call_with_retries_with_its_settings(monkeypatch):
+    from threadembed_assets.summaries import client
+
+    seen = []
+
+    def spy(call, **options):
+        seen.append(options)
+        return call_with_retries(call, **options)
+
+    monkeypatch.setattr(client, "call_with_retries", spy)  # the name LLMResource.complete looks up
+    with FakeOpenAI(["server_error"]) as server:  # a 500, then an answer
+        llm = LLMResource(
+            base_url=server.base_url, model="m", api_key="sk-x", max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02
+        )
+        done = llm.complete([{"role": "user", "content": "hello"}])
+    assert [step for _, _, step in server.requests] == ["500", "ok"]
+    assert done.attempts == 2 and done.text.startswith("Someone asks about")
+    assert len(seen) == 1
+    assert (seen[0]["max_attempts"], seen[0]["base_s"], seen[0]["max_s"]) == (3, 0.01, 0.02)
+    assert seen[0]["redact"]("rejected sk-x") == "rejected ***"

@@ -169,3 +169,37 @@ def test_empty_imports_fail_the_raw_asset_with_a_clear_message(workdir, warehous
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "holds no files" in failure.step_failure_data.error.message
     assert [p for p in (workdir / "data").rglob("*") if p.is_file()] == []
+
+
+def gap_ids(warehouse) -> dict[str, str]:
+    rows = query(warehouse, "SELECT message_id, conversation_id FROM messages WHERE conversation_method = 'time_gap'")
+    return dict(rows)
+
+
+def test_time_gap_conversation_ids_survive_earlier_data_and_a_new_gap(workdir, warehouse_db):
+    def derived(i: int, hour: int, minute: int) -> dict:  # no conversation_id, no reply_to: sessions by silence
+        return {**chat(i, f"text {i}", None), "timestamp": f"2020-01-01T{hour:02d}:{minute:02d}:00"}
+
+    # Sessions of channel #a: m10-m12 at 10:00, m20-m21 at 12:00 (gaps of 5 and 50 minutes), m30-m31 at 15:00.
+    later = [derived(10, 10, 0), derived(11, 10, 5), derived(12, 10, 10), derived(20, 12, 0), derived(21, 12, 50)]
+    later += [derived(30, 15, 0), derived(31, 15, 5)]
+    imports = workdir / "data" / "imports" / "derived.jsonl"
+    write_jsonl(imports, later)
+    assert materialize_source("chat_export", warehouse_db, load_config={"gap_minutes": 30}).success
+    before = gap_ids(warehouse_db)
+    assert len(before) == 7 and len(set(before.values())) == 4  # m21 starts a session of its own
+
+    # A new, earlier session at the start of the channel: the later sessions keep their ids.
+    write_jsonl(imports, [derived(1, 8, 0), derived(2, 8, 5), *later])
+    assert materialize_source("chat_export", warehouse_db, load_config={"gap_minutes": 30}).success
+    after = gap_ids(warehouse_db)
+    assert after["m1"] == after["m2"] and after["m1"] not in before.values()
+    assert {m: after[m] for m in before} == before
+
+    # A longer gap joins m20 and m21; the sessions that did not change keep their ids.
+    assert materialize_source("chat_export", warehouse_db, load_config={"gap_minutes": 60}).success
+    wider = gap_ids(warehouse_db)
+    assert wider["m20"] == wider["m21"] == after["m20"]
+    assert {m: wider[m] for m in ["m1", "m2", "m10", "m11", "m12", "m30", "m31"]} == {
+        m: after[m] for m in ["m1", "m2", "m10", "m11", "m12", "m30", "m31"]
+    }

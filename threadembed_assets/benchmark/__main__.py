@@ -1,7 +1,10 @@
-"""Score any sentence-transformers model (or BM25) on any chat JSONL file, with tasks built from that file alone.
+"""Score sentence-transformers models and the chat baselines on a chat file, with tasks built from that file alone.
 
 python -m threadembed_assets.benchmark --model models/hard_negative_model/latest --data irc_dev.jsonl
 python -m threadembed_assets.benchmark --model bm25 --data irc_dev.jsonl --json bm25.json
+python -m threadembed_assets.benchmark --model recency --data elmlang-general-2019.xml
+
+BM25 and recency are scored on every run: they are the baselines each model's verdict is paired against.
 """
 
 import argparse
@@ -14,20 +17,27 @@ from pathlib import Path
 import duckdb
 
 from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path
-from threadembed_assets.benchmark.score import results_markdown, score_all
-from threadembed_assets.benchmark.tasks import TASK_KINDS, TaskConfig, all_tasks, task_kind
+from threadembed_assets.benchmark.score import BASELINES, results_markdown, score_all, score_rows, verdict_rows
+from threadembed_assets.benchmark.tasks import TASK_KINDS, Task, TaskConfig, all_tasks, task_kind
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
+from threadembed_assets.sources.config import RawSourceConfig
 from threadembed_assets.sources.raw_cache import write_raw_cache
+from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.warehouse.conversations import build_conversations
 from threadembed_assets.warehouse.load import LoadOptions, load_messages
 
 ALL_SPLITS = ["train", "dev", "test"]
 
 
-def tasks_from_file(data: Path, config: TaskConfig) -> list:
-    """Every task of a chat JSONL file, built through the same warehouse code as the pipeline."""
+def tasks_from_file(data: Path, config: TaskConfig) -> list[Task]:
+    """Every task of a chat file (chat JSONL, or an XML file of the disentangled Slack corpus), built through the
+    same warehouse code as the pipeline; queries come from every conversation of the file."""
+    if data.suffix == ".xml":
+        pieces = SOURCES["slack_disentangled"].load(RawSourceConfig(path=str(data)))
+    else:
+        pieces = [chat_jsonl_part(data, "file", None)]
     with tempfile.TemporaryDirectory() as work:
-        write_raw_cache([chat_jsonl_part(data, "file", None)], Path(work) / "raw")
+        write_raw_cache(pieces, Path(work) / "raw")
         with duckdb.connect(str(Path(work) / "warehouse.duckdb")) as con:
             load_messages(con, "file", Path(work) / "raw", LoadOptions())
             build_conversations(con, "file")
@@ -37,10 +47,15 @@ def tasks_from_file(data: Path, config: TaskConfig) -> list:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     parser = argparse.ArgumentParser(prog="python -m threadembed_assets.benchmark", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="sentence-transformers name or path, or 'bm25'")
-    parser.add_argument("--data", required=True, type=Path, help="chat JSONL file")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="sentence-transformers name or path, or a baseline ('bm25', 'recency'); repeat for several",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="chat JSONL file, or a disentangled Slack XML file")
     parser.add_argument("--tasks", default=",".join(TASK_KINDS), help=f"comma list of {', '.join(TASK_KINDS)}")
-    parser.add_argument("--json", type=Path, help="write every score row here")
+    parser.add_argument("--json", type=Path, help="write every score row and paired verdict here")
     parser.add_argument("--max-queries", type=int, default=500)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -57,16 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     if not tasks:
         print(f"no tasks could be built from {args.data} (conversations of 3+ messages are needed)", file=sys.stderr)
         return 1
+    models = {name: name for name in args.model if name not in BASELINES}
     cache = EmbeddingCache(default_cache_path())
     try:
-        models = {} if args.model == "bm25" else {args.model: args.model}
-        rows, _ = score_all(
+        results, _ = score_all(
             tasks,
             models,
             cache,
             device=args.device,
             batch_size=args.batch_size,
-            with_bm25=args.model == "bm25",
             log=lambda m: print(m, file=sys.stderr),
         )
     except ValueError as exc:
@@ -76,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         cache.close()
     for task in tasks:
         print(f"{task.name}: {len(task.queries)} queries, {len(task.docs)} documents", file=sys.stderr)
-    print(results_markdown(rows))
+    print(results_markdown(results))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"scores": score_rows(results), "verdicts": verdict_rows(results)}, indent=1))
     return 0
 
 

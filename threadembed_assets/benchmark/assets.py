@@ -6,23 +6,82 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
+import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from threadembed_assets import settings
 from threadembed_assets.benchmark.retrievers import EmbeddingCache
-from threadembed_assets.benchmark.score import headline, results_markdown, score_all
+from threadembed_assets.benchmark.score import (
+    BASE_MODEL,
+    Scored,
+    TrainingLeak,
+    comparison_table,
+    refuse_leaks,
+    results_markdown,
+    score_all,
+    score_rows,
+    verdict_rows,
+)
 from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks
 from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.training.assets import STAGES, hard_negative_model, retrieval_model, thread_model
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.warehouse.assets import connect, conversations, messages
+from threadembed_assets.warehouse.schema import transaction
 
-SCORES_DDL = """
-CREATE TABLE IF NOT EXISTS benchmark_scores (
-    model VARCHAR, retriever VARCHAR, task VARCHAR, source VARCHAR, dim INTEGER, metric VARCHAR,
-    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, queries INTEGER, run VARCHAR
-)"""
+SCORES_COLUMNS = {
+    "model": "VARCHAR",
+    "retriever": "VARCHAR",
+    "task": "VARCHAR",
+    "source": "VARCHAR",
+    "dim": "INTEGER",
+    "setting": "VARCHAR",
+    "metric": "VARCHAR",
+    "value": "DOUBLE",
+    "ci_low": "DOUBLE",
+    "ci_high": "DOUBLE",
+    "queries": "INTEGER",
+}
+VERDICT_COLUMNS = {
+    "task": "VARCHAR",
+    "model": "VARCHAR",
+    "retriever": "VARCHAR",
+    "setting": "VARCHAR",
+    "queries": "INTEGER",
+    "mrr@10": "DOUBLE",
+    "ci_low": "DOUBLE",
+    "ci_high": "DOUBLE",
+    **{
+        f"vs_{b}{part}": kind
+        for b in ("bm25", "base")
+        for part, kind in [("_delta", "DOUBLE"), ("_p", "DOUBLE"), ("", "VARCHAR")]
+    },
+}
+
+
+def replace_run_rows(
+    con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], rows: list[dict], run: str
+) -> None:
+    """Write `rows` as `run`'s rows of `table` (created, or given the columns it lacks, first)."""
+    ddl = ", ".join(f'"{name}" {kind}' for name, kind in {**columns, "run": "VARCHAR"}.items())
+    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl})")
+    for name, kind in columns.items():
+        con.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{name}" {kind}')
+    frame = pa.Table.from_pylist(
+        [{**{name: row.get(name) for name in columns}, "run": run} for row in rows],
+        schema=pa.schema([(name, _ARROW[kind]) for name, kind in {**columns, "run": "VARCHAR"}.items()]),
+    )
+    names = ", ".join(f'"{name}"' for name in [*columns, "run"])
+    with transaction(con):
+        con.execute(f"DELETE FROM {table} WHERE run = $run", {"run": run})
+        con.register("new_rows", frame)
+        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM new_rows")
+        con.unregister("new_rows")
+
+
+_ARROW = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "DOUBLE": pa.float64()}
 
 
 def tasks_path() -> Path:
@@ -35,38 +94,46 @@ def load_tasks() -> dict[str, list[Task]]:
     return {split: [Task(**task) for task in tasks] for split, tasks in data.items()}
 
 
-def training_conversations_in(con: duckdb.DuckDBPyConnection, tasks: list[Task]) -> int:
-    """How many task queries come from a conversation outside the test split (must be 0)."""
-    pairs = [(t.source, c) for t in tasks for c in (t.conversations or [])]
-    con.execute("CREATE OR REPLACE TEMP TABLE task_conversations (source VARCHAR, conversation_id VARCHAR)")
-    con.executemany("INSERT INTO task_conversations VALUES (?, ?)", pairs)
-    return con.execute(
-        "SELECT count(*) FROM task_conversations JOIN conversations USING (source, conversation_id) "
-        "WHERE split != 'test'"
-    ).fetchone()[0]
+def published_models(models: ModelStore) -> dict[str, str]:
+    """The base model and every training stage's `latest`."""
+    found = {BASE_MODEL: models.base_model_path()}
+    found.update({stage: str(models.latest(stage)) for stage in STAGES if models.latest(stage)})
+    return found
 
 
-@dg.asset(group_name="benchmark", deps=[messages, conversations, conversation_summaries], kinds={"duckdb"})
-def benchmark_tasks(context: dg.AssetExecutionContext, config: TaskConfig, warehouse: DuckDBResource):
-    """Retrieval tasks from the test split of every source (never a conversation that fed training): thread
-    retrieval, response retrieval (next message among the interleaved candidates, next window), summary-to-thread
-    (per summarizer), and tasks 1-2 on the held-out platform. Dev-split tasks are kept for tuning."""
+@dg.asset(
+    group_name="benchmark",
+    deps=[messages, conversations, conversation_summaries, thread_model, retrieval_model, hard_negative_model],
+    kinds={"duckdb"},
+)
+def benchmark_tasks(
+    context: dg.AssetExecutionContext, config: TaskConfig, warehouse: DuckDBResource, models: ModelStore
+) -> dg.MaterializeResult:
+    """Retrieval tasks whose queries come from the test split of every source: thread retrieval, response retrieval
+    (next message and next window among the channel's next messages), summary-to-thread (per summarizer), and tasks
+    1-2 on the held-out platform; candidates are every conversation and message of the query's channel and time,
+    whatever their split. Dev-split tasks are kept for tuning. Refuses when a published model learned from a
+    conversation that gives a test query."""
     with connect(warehouse) as con:
         by_split = {"test": all_tasks(con, ["test"], config), "dev": all_tasks(con, ["dev"], config)}
-        leaked = training_conversations_in(con, by_split["test"])
-    if leaked:
-        raise dg.Failure(description=f"{leaked} benchmark queries come from non-test conversations")
+    try:
+        refuse_leaks(published_models(models), by_split["test"])
+    except TrainingLeak as exc:
+        raise dg.Failure(description=str(exc)) from None
     path = tasks_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({split: [t.to_dict() for t in tasks] for split, tasks in by_split.items()}))
-    table = ["| task | source | queries | documents |", "|---|---|---|---|"]
-    table += [f"| {t.name} | {t.source} | {len(t.queries)} | {len(t.docs)} |" for t in by_split["test"]]
+    table = ["| task | source | queries | documents | candidates per query |", "|---|---|---|---|---|"]
+    table += [
+        f"| {t.name} | {t.source} | {len(t.queries)} | {len(t.docs)} | "
+        f"{np.mean([len(c) for c in t.candidates]) if t.candidates else len(t.docs):.1f} |"
+        for t in by_split["test"]
+    ]
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "tasks": len(by_split["test"]),
             "queries": sum(len(t.queries) for t in by_split["test"]),
-            "non_test_conversations": leaked,
             "test_tasks": dg.MetadataValue.md("\n".join(table)),
         }
     )
@@ -80,12 +147,12 @@ class BenchmarkConfig(dg.Config):
     extra_models: list[str] = Field(default=[], description="More sentence-transformers names or paths to score.")
 
 
-def svg_bar_chart(rows: list[dict], task: str, metric: str = "mrr@10") -> str:
-    """A small SVG bar chart of `metric` on `task` per model and retriever (full dimension)."""
+def svg_bar_chart(results: list[Scored], task: str) -> str:
+    """A small SVG bar chart of MRR@10 on `task` per model and retriever (full dimension)."""
     values = sorted(
         (
-            (f"{model} {retriever}", by_task[task])
-            for (model, retriever), by_task in headline(rows, metric).items()
+            (f"{model} {retriever}", float(by_task[task].mrr.mean()))
+            for (model, retriever), by_task in comparison_table(results).items()
             if task in by_task
         ),
         key=lambda item: -item[1],
@@ -116,12 +183,10 @@ def benchmark_scores(
     (dense at every Matryoshka dimension, hybrid with BM25 by reciprocal rank fusion, time-aware with its weight
     tuned on dev) and BM25, per task and source. Corpus embeddings are cached per (model, text hash)."""
     tasks = load_tasks()
-    candidates = {"base": models.base_model_path()}
-    candidates.update({stage: str(models.latest(stage)) for stage in STAGES if models.latest(stage)})
-    candidates.update({name: name for name in config.extra_models})
+    candidates = {**published_models(models), **{name: name for name in config.extra_models}}
     cache = EmbeddingCache(settings.data_dir() / "cache" / "embeddings.duckdb")
     try:
-        rows, weights = score_all(
+        results, weights = score_all(
             tasks["test"],
             candidates,
             cache,
@@ -129,36 +194,20 @@ def benchmark_scores(
             batch_size=compute.eval_batch_size,
             dev_tasks=tasks["dev"],
             time_scale_s=config.time_scale_minutes * 60,
-            n_bootstrap=config.bootstrap,
             log=context.log.info,
         )
         hits, misses = cache.hits, cache.misses
+    except TrainingLeak as exc:
+        raise dg.Failure(description=str(exc)) from None
     finally:
         cache.close()
+    rows = score_rows(results, config.bootstrap)
+    verdicts = verdict_rows(results, config.bootstrap)
     with connect(warehouse) as con:
-        con.execute(SCORES_DDL)
-        con.execute("DELETE FROM benchmark_scores WHERE run = $run", {"run": context.run_id})
-        con.executemany(
-            "INSERT INTO benchmark_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                [
-                    r["model"],
-                    r["retriever"],
-                    r["task"],
-                    r["source"],
-                    r["dim"],
-                    r["metric"],
-                    r["value"],
-                    r["ci_low"],
-                    r["ci_high"],
-                    r["queries"],
-                    context.run_id,
-                ]
-                for r in rows
-            ],
-        )
-    table = results_markdown(rows)
-    chart = base64.b64encode(svg_bar_chart(rows, "thread").encode()).decode()
+        replace_run_rows(con, "benchmark_scores", SCORES_COLUMNS, rows, context.run_id)
+        replace_run_rows(con, "benchmark_verdicts", VERDICT_COLUMNS, verdicts, context.run_id)
+    table = results_markdown(results)
+    chart = base64.b64encode(svg_bar_chart(results, "thread").encode()).decode()
     context.log.info("MRR@10 by model, retriever and task:\n" + table)
     return dg.MaterializeResult(
         metadata={
@@ -167,6 +216,8 @@ def benchmark_scores(
             "models": dg.MetadataValue.json(candidates),
             "time_weights": dg.MetadataValue.json(weights),
             "rows": len(rows),
+            "significant_wins_over_bm25": sum(v.get("vs_bm25") == "win" for v in verdicts),
+            "significant_losses_to_bm25": sum(v.get("vs_bm25") == "loss" for v in verdicts),
             "embedding_cache_hits": hits,
             "embeddings_encoded": misses,
         }

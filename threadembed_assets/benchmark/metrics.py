@@ -31,16 +31,35 @@ def per_query(ranks: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def bootstrap_interval(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-query values and its bootstrap 95% interval over queries."""
+    if not len(values):
+        return 0.0, 0.0, 0.0
+    resamples = np.random.default_rng(seed).integers(0, len(values), size=(n_bootstrap, len(values)))
+    means = values[resamples].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def summarize(ranks: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
-    """Metric -> (mean, 95% CI low, 95% CI high) by bootstrap over queries."""
-    values = per_query(ranks)
-    rng = np.random.default_rng(seed)
-    resamples = rng.integers(0, len(ranks), size=(n_bootstrap, len(ranks))) if len(ranks) else None
-    out = {}
-    for name, vector in values.items():
-        if resamples is None:
-            out[name] = (0.0, 0.0, 0.0)
-            continue
-        means = vector[resamples].mean(axis=1)
-        out[name] = (float(vector.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
-    return out
+    """Metric -> (mean, 95% CI low, 95% CI high) by bootstrap over queries (the same resamples for every metric)."""
+    return {name: bootstrap_interval(vector, n_bootstrap, seed) for name, vector in per_query(ranks).items()}
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, n_resamples: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """Mean of `a - b` over the same queries and its two-sided p-value by a paired randomization test: under the
+    null hypothesis each query's difference is as likely to have the other sign."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if not len(diff):
+        return 0.0, 1.0
+    observed = diff.mean()
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_resamples, len(diff)))
+    null = (signs * diff).mean(axis=1)
+    p_value = (np.count_nonzero(np.abs(null) >= abs(observed) - 1e-12) + 1) / (n_resamples + 1)
+    return float(observed), float(p_value)
+
+
+def verdict(delta: float, p_value: float, alpha: float = 0.05) -> str:
+    """`win` or `loss` where the paired difference is significant at 1 - alpha, else `tie`."""
+    if p_value >= alpha or delta == 0:
+        return "tie"
+    return "win" if delta > 0 else "loss"

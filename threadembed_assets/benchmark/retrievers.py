@@ -1,6 +1,6 @@
 """Retrievers that score every query against every document: dense (any Matryoshka dimension, with a cached
-corpus), dense over a document's windows, BM25, hybrid by reciprocal rank fusion, and dense with a time-proximity
-prior."""
+corpus), dense over a document's windows, BM25, hybrid by reciprocal rank fusion, dense with a time-proximity prior,
+and recency (time proximity in the channel alone)."""
 
 import hashlib
 import os
@@ -120,14 +120,56 @@ def rrf_scores(*score_matrices: np.ndarray, allowed: np.ndarray | None = None) -
     return fused
 
 
-def time_prior(task: Task, scale_s: float) -> np.ndarray:
-    """exp(-gap / scale) between each query's time and each document's time span (0 where a time is unknown)."""
+def nearest_gaps(task: Task, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, messages) from each query's moment to the nearest message of each document in the same channel.
+
+    Both are inf for a document of another channel; seconds are inf where a time is unknown. Only what the task
+    lets a retriever know enters: a thread query's own message is not part of its conversation's times.
+    """
+    n_queries, n_docs = len(task.queries), len(task.docs)
+    seconds = np.full((n_queries, n_docs), np.inf)
+    messages = np.full((n_queries, n_docs), np.inf)
+    if not n_queries or not task.has_time_context():
+        return seconds, messages
+    channels = {name: code for code, name in enumerate(dict.fromkeys([*task.doc_channel, *task.query_channel]))}
+    same_channel = (
+        np.array([channels[c] for c in task.query_channel])[:, None]
+        == np.array([channels[c] for c in task.doc_channel])[None, :]
+    )
     query_ts = np.array([np.nan if t is None else t for t in task.query_ts], dtype=np.float64)
-    start = np.array([np.nan if s is None else s for s, _ in task.doc_ts], dtype=np.float64)
-    end = np.array([np.nan if e is None else e for _, e in task.doc_ts], dtype=np.float64)
-    gap = np.maximum(0.0, np.maximum(start[None, :] - query_ts[:, None], query_ts[:, None] - end[None, :]))
-    prior = np.exp(-gap / scale_s)
-    return np.nan_to_num(prior, nan=0.0)
+    query_order = np.array(task.query_order, dtype=np.float64)
+    for values, points, out in [
+        (task.doc_orders, query_order, messages),
+        (task.doc_times, query_ts, seconds),
+    ]:
+        lengths = np.array([len(v) for v in values])
+        has = lengths > 0
+        if not has.any():
+            continue
+        flat = np.concatenate([np.asarray(v, dtype=np.float64) for v in values if v])
+        offsets = np.concatenate([[0], np.cumsum(lengths[has])[:-1]])
+        for start in range(0, n_queries, chunk):
+            gaps = np.abs(flat[None, :] - points[start : start + chunk, None])
+            nearest = np.minimum.reduceat(gaps, offsets, axis=1)
+            out[start : start + chunk, has] = np.where(np.isnan(nearest), np.inf, nearest)
+    seconds[~same_channel] = np.inf
+    messages[~same_channel] = np.inf
+    return seconds, messages
+
+
+def recency_scores(task: Task) -> np.ndarray:
+    """The obvious chat baseline: the document nearest in time to the query's moment in its channel ranks first,
+    ties (and documents without times) broken by how many messages lie between. For a thread query that is the
+    conversation with the nearest other message; for a response query, the candidate that comes next."""
+    seconds, messages = nearest_gaps(task)
+    far = 1e9  # seconds: farther than any time in chat, and small enough that a message count still counts
+    return -(np.where(np.isfinite(seconds), seconds, far) + np.where(np.isfinite(messages), messages, far) * 1e-4)
+
+
+def time_prior(task: Task, scale_s: float) -> np.ndarray:
+    """exp(-gap / scale) with the gap to the document's nearest message in the query's channel (0 where unknown)."""
+    seconds, _ = nearest_gaps(task)
+    return np.exp(-seconds / scale_s)
 
 
 def encode_task(model, key: str, task: Task, cache: EmbeddingCache, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

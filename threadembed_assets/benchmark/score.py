@@ -1,8 +1,18 @@
-"""Scoring: every retriever of every model on every task, as rows of `benchmark_scores`."""
+"""Scoring: every retriever of every model, and the baselines (BM25, recency), on every task; metric rows with
+bootstrap intervals, and paired verdicts against BM25 and the base model on the same queries."""
+
+from dataclasses import dataclass
 
 import numpy as np
 
-from threadembed_assets.benchmark.metrics import per_query, ranks_of_relevant, summarize
+from threadembed_assets.benchmark.metrics import (
+    bootstrap_interval,
+    paired_test,
+    per_query,
+    ranks_of_relevant,
+    summarize,
+    verdict,
+)
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     bm25_scores,
@@ -10,35 +20,45 @@ from threadembed_assets.benchmark.retrievers import (
     encode_task,
     line_windows,
     model_key,
+    recency_scores,
     rrf_scores,
     time_prior,
     windowed_scores,
 )
-from threadembed_assets.benchmark.tasks import Task
+from threadembed_assets.benchmark.tasks import Task, task_kind, task_platform
 from threadembed_assets.training.train import load_model, matryoshka_dims
+from threadembed_assets.warehouse.provenance import read_provenance
 
 TIME_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4)
 DEFAULT_TIME_WEIGHT = 0.1
+BASELINES = ("bm25", "recency")
+BASE_MODEL = "base"
 
 
-def score_rows(model: str, retriever: str, dim: int | None, task: Task, scores: np.ndarray, n_bootstrap: int) -> list:
-    """Metric rows of one retriever's scores on one task."""
-    ranks = ranks_of_relevant(scores, np.array(task.relevant), task.allowed())
-    return [
-        {
-            "model": model,
-            "retriever": retriever,
-            "task": task.name,
-            "source": task.source,
-            "dim": dim,
-            "metric": metric,
-            "value": value,
-            "ci_low": low,
-            "ci_high": high,
-            "queries": len(task.queries),
-        }
-        for metric, (value, low, high) in summarize(ranks, n_bootstrap).items()
-    ]
+class TrainingLeak(ValueError):
+    """A model learned from conversations that give benchmark queries."""
+
+
+@dataclass
+class Scored:
+    """One retriever of one model on one task: the rank of each query's relevant document."""
+
+    model: str
+    retriever: str
+    dim: int | None
+    task: Task
+    ranks: np.ndarray
+    setting: str | None = None  # `transfer` / `in-domain` for a trained model on a `<task>@<platform>` task
+    full_dim: bool = True  # False for the truncated Matryoshka dimensions
+
+    def mrr(self) -> np.ndarray:
+        return per_query(self.ranks)["mrr@10"]
+
+
+def scored(model: str, retriever: str, dim: int | None, task: Task, scores: np.ndarray, **extra) -> Scored:
+    return Scored(
+        model, retriever, dim, task, ranks_of_relevant(scores, np.array(task.relevant), task.allowed()), **extra
+    )
 
 
 def mean_mrr(tasks: list[Task], scores: list[np.ndarray]) -> float:
@@ -55,12 +75,93 @@ def tune_time_weight(
     model, key: str, dev_tasks: list[Task], cache: EmbeddingCache, batch_size: int, scale_s: float
 ) -> float:
     """The time-prior weight with the best mean MRR@10 on dev tasks that have times."""
-    timed = [t for t in dev_tasks if any(ts is not None for ts in t.query_ts)]
+    timed = [t for t in dev_tasks if t.has_times()]
     if not timed:
         return DEFAULT_TIME_WEIGHT
     dense = [dense_scores(*encode_task(model, key, t, cache, batch_size)) for t in timed]
     priors = [time_prior(t, scale_s) for t in timed]
     return max(TIME_WEIGHTS, key=lambda w: mean_mrr(timed, [d + w * p for d, p in zip(dense, priors, strict=True)]))
+
+
+def leaked_queries(provenance: dict | None, tasks: list[Task]) -> int:
+    """How many queries of `tasks` come from a conversation the model learned from."""
+    if not provenance:
+        return 0
+    learned = set(provenance.get("conversation_keys", []))
+    return sum(key in learned for task in tasks for key in task.conversation_keys or [])
+
+
+def refuse_leaks(models: dict[str, str], tasks: list[Task]) -> None:
+    """Raise `TrainingLeak` when a model trained on a conversation that gives a query of `tasks`."""
+    for name, path in models.items():
+        provenance = read_provenance(path)
+        leaked = leaked_queries(provenance, tasks)
+        if leaked:
+            raise TrainingLeak(
+                f"{name} ({path}) learned from the conversations of {leaked} benchmark queries (training "
+                f"conversations fingerprint {provenance['fingerprint']}): its scores would measure recall, not "
+                "retrieval. Score it on conversations it never saw (another file, or the test split of the data it "
+                "trained on, with the same split settings), or retrain it."
+            )
+
+
+def setting_of(provenance: dict | None, task: Task) -> str | None:
+    """`transfer` when a trained model never saw the platform of a `<task>@<platform>` task, else `in-domain`."""
+    platform = task_platform(task.name)
+    if platform is None or provenance is None:
+        return None
+    return "in-domain" if platform in provenance.get("platforms", []) else "transfer"
+
+
+def score_baselines(tasks: list[Task], bm25: dict[int, np.ndarray]) -> list[Scored]:
+    """BM25 on every task (`bm25`: its scores by task id), and recency on every task with a time context."""
+    results = [scored("bm25", "bm25", None, task, bm25[id(task)]) for task in tasks]
+    results += [
+        scored("recency", "recency", None, task, recency_scores(task)) for task in tasks if task.has_time_context()
+    ]
+    return results
+
+
+def score_model(
+    name: str,
+    path: str,
+    tasks: list[Task],
+    cache: EmbeddingCache,
+    *,
+    device: str,
+    batch_size: int,
+    bm25: dict[int, np.ndarray],
+    dev_tasks: list[Task] | None,
+    time_scale_s: float,
+) -> tuple[list[Scored], float]:
+    """Dense at every Matryoshka dimension; hybrid, time-aware (where times are known) and, on thread tasks, dense
+    over windows at full dimension."""
+    model, key = load_model(path, device), model_key(path)
+    provenance = read_provenance(path)
+    dims = matryoshka_dims(model.get_embedding_dimension())
+    weight = (
+        tune_time_weight(model, key, dev_tasks, cache, batch_size, time_scale_s) if dev_tasks else DEFAULT_TIME_WEIGHT
+    )
+    results = []
+    for task in tasks:
+        setting = setting_of(provenance, task)
+        queries, docs = encode_task(model, key, task, cache, batch_size)
+        full = dense_scores(queries, docs)
+        results += [
+            scored(name, "dense", dim, task, dense_scores(queries, docs, dim), setting=setting, full_dim=dim == dims[0])
+            for dim in dims
+        ]
+        if task_kind(task.name) == "thread":  # a response candidate is one window already; a summary is of the whole
+            windows, owners = line_windows(task.docs)
+            by_window = dense_scores(queries, cache.encode(model, key, windows, batch_size))
+            by_windows = windowed_scores(full, by_window, owners)
+            results.append(scored(name, "dense_windows", dims[0], task, by_windows, setting=setting))
+        fused = rrf_scores(full, bm25[id(task)], allowed=task.allowed())
+        results.append(scored(name, "hybrid", dims[0], task, fused, setting=setting))
+        if task.has_times():
+            timed = full + weight * time_prior(task, time_scale_s)
+            results.append(scored(name, "time_aware", dims[0], task, timed, setting=setting))
+    return results, weight
 
 
 def score_all(
@@ -70,73 +171,132 @@ def score_all(
     *,
     device: str,
     batch_size: int,
-    with_bm25: bool = True,
     dev_tasks: list[Task] | None = None,
     time_scale_s: float = 3600.0,
-    n_bootstrap: int = 1000,
     log=print,
-) -> tuple[list[dict], dict[str, float]]:
-    """Rows for BM25 and, per model, dense at every Matryoshka dimension; dense over windows, hybrid and time-aware
-    at full dimension.
-
-    Returns the rows and the time-prior weight chosen per model (tuned on `dev_tasks` when given).
-    """
-    rows: list[dict] = []
+) -> tuple[list[Scored], dict[str, float]]:
+    """The baselines and every model on `tasks`; refuses (`TrainingLeak`) a model that learned from a query's
+    conversation. Returns the results and the time-prior weight chosen per model (tuned on `dev_tasks`)."""
+    refuse_leaks(models, tasks)
     bm25 = {id(task): bm25_scores(task) for task in tasks}
-    if with_bm25:
-        for task in tasks:
-            rows += score_rows("bm25", "bm25", None, task, bm25[id(task)], n_bootstrap)
+    results = score_baselines(tasks, bm25)
     weights = {}
     for name, path in models.items():
-        model, key = load_model(path, device), model_key(path)
-        dims = matryoshka_dims(model.get_embedding_dimension())
-        weights[name] = (
-            tune_time_weight(model, key, dev_tasks, cache, batch_size, time_scale_s)
-            if dev_tasks
-            else DEFAULT_TIME_WEIGHT
+        model_results, weights[name] = score_model(
+            name,
+            path,
+            tasks,
+            cache,
+            device=device,
+            batch_size=batch_size,
+            bm25=bm25,
+            dev_tasks=dev_tasks,
+            time_scale_s=time_scale_s,
         )
-        for task in tasks:
-            queries, docs = encode_task(model, key, task, cache, batch_size)
-            full = dense_scores(queries, docs)
-            for dim in dims:
-                rows += score_rows(name, "dense", dim, task, dense_scores(queries, docs, dim), n_bootstrap)
-            windows, owners = line_windows(task.docs)
-            by_window = dense_scores(queries, cache.encode(model, key, windows, batch_size))
-            rows += score_rows(
-                name, "dense_windows", dims[0], task, windowed_scores(full, by_window, owners), n_bootstrap
-            )
-            rows += score_rows(
-                name, "hybrid", dims[0], task, rrf_scores(full, bm25[id(task)], allowed=task.allowed()), n_bootstrap
-            )
-            if any(ts is not None for ts in task.query_ts):
-                timed = full + weights[name] * time_prior(task, time_scale_s)
-                rows += score_rows(name, "time_aware", dims[0], task, timed, n_bootstrap)
+        results += model_results
         log(f"scored {name} ({path}) on {len(tasks)} tasks; time weight {weights[name]}")
-    return rows, weights
+    return results, weights
 
 
-def headline(rows: list[dict], metric: str = "mrr@10") -> dict[tuple[str, str], dict[str, float]]:
-    """(model, retriever) -> task -> `metric` at the model's full dimension, averaged over sources by queries."""
-    full_dim: dict[str, int] = {}
-    for row in rows:
-        if row["retriever"] == "dense":
-            full_dim[row["model"]] = max(full_dim.get(row["model"], 0), row["dim"])
-    sums: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for row in rows:
-        if row["metric"] != metric or (row["retriever"] == "dense" and row["dim"] != full_dim[row["model"]]):
-            continue
-        cell = sums.setdefault((row["model"], row["retriever"]), {}).setdefault(row["task"], [0.0, 0])
-        cell[0] += row["value"] * row["queries"]
-        cell[1] += row["queries"]
-    return {key: {task: total / n for task, (total, n) in by_task.items() if n} for key, by_task in sums.items()}
+def score_rows(results: list[Scored], n_bootstrap: int = 1000) -> list[dict]:
+    """Metric rows (value and bootstrap 95% interval) of every result."""
+    return [
+        {
+            "model": r.model,
+            "retriever": r.retriever,
+            "task": r.task.name,
+            "source": r.task.source,
+            "dim": r.dim,
+            "setting": r.setting,
+            "metric": metric,
+            "value": value,
+            "ci_low": low,
+            "ci_high": high,
+            "queries": len(r.task.queries),
+        }
+        for r in results
+        for metric, (value, low, high) in summarize(r.ranks, n_bootstrap).items()
+    ]
 
 
-def results_markdown(rows: list[dict], metric: str = "mrr@10") -> str:
-    """A markdown table of `metric` per model and retriever (full dimension) and task."""
-    table = headline(rows, metric)
+@dataclass
+class Cell:
+    """MRR@10 of one (model, retriever) on one task, over every source's queries, with its paired verdicts."""
+
+    mrr: np.ndarray
+    setting: str | None
+    versus: dict[str, tuple[float, float, str]]  # baseline -> (delta, p-value, verdict)
+
+    def summary(self, n_bootstrap: int = 1000) -> tuple[float, float, float]:
+        return bootstrap_interval(self.mrr, n_bootstrap)
+
+
+def comparison_table(results: list[Scored]) -> dict[tuple[str, str], dict[str, Cell]]:
+    """(model, retriever) -> task -> Cell at full dimension, each compared with BM25 and the base model's dense
+    retrieval on the same queries (paired randomization test)."""
+    grouped: dict[tuple[str, str], dict[str, list[Scored]]] = {}
+    for r in results:
+        if r.full_dim:
+            grouped.setdefault((r.model, r.retriever), {}).setdefault(r.task.name, []).append(r)
+    baselines = {"bm25": ("bm25", "bm25"), "base": (BASE_MODEL, "dense")}
+    table: dict[tuple[str, str], dict[str, Cell]] = {}
+    for key, by_task in grouped.items():
+        for task, parts in by_task.items():
+            mrr = np.concatenate([p.mrr() for p in parts])
+            versus = {}
+            for label, baseline in baselines.items():
+                other = grouped.get(baseline, {}).get(task)
+                if baseline == key or other is None or len(other) != len(parts):
+                    continue
+                delta, p_value = paired_test(mrr, np.concatenate([p.mrr() for p in other]))
+                versus[label] = (delta, p_value, verdict(delta, p_value))
+            table.setdefault(key, {})[task] = Cell(mrr, parts[0].setting, versus)
+    return table
+
+
+_MARKS = {"win": " ▲", "loss": " ▼", "tie": ""}
+
+
+def results_markdown(results: list[Scored]) -> str:
+    """MRR@10 per model and retriever (full dimension) and task; ▲ / ▼ mark a win / loss against BM25 that is
+    significant at 95% (paired randomization test on the same queries); a trained model's score on another
+    platform's task says whether it is transfer."""
+    table = comparison_table(results)
     tasks = sorted({task for by_task in table.values() for task in by_task})
     lines = [f"| model | retriever | {' | '.join(tasks)} |", "|---|---|" + "---|" * len(tasks)]
     for (model, retriever), by_task in table.items():
-        values = [f"{by_task[t]:.3f}" if t in by_task else "-" for t in tasks]
+        values = []
+        for task in tasks:
+            cell = by_task.get(task)
+            if cell is None:
+                values.append("-")
+                continue
+            mark = _MARKS[cell.versus["bm25"][2]] if "bm25" in cell.versus else ""
+            setting = f" ({cell.setting})" if cell.setting else ""
+            values.append(f"{cell.mrr.mean():.3f}{mark}{setting}")
         lines.append(f"| {model} | {retriever} | {' | '.join(values)} |")
+    lines.append("\n▲ / ▼: better / worse than BM25 on the same queries, significant at 95% (paired randomization).")
     return "\n".join(lines)
+
+
+def verdict_rows(results: list[Scored], n_bootstrap: int = 1000) -> list[dict]:
+    """One row per task, model and retriever at full dimension: MRR@10 with its interval and the paired verdicts
+    against BM25 and the base model."""
+    rows = []
+    for (model, retriever), by_task in comparison_table(results).items():
+        for task, cell in by_task.items():
+            value, low, high = cell.summary(n_bootstrap)
+            row = {
+                "task": task,
+                "model": model,
+                "retriever": retriever,
+                "setting": cell.setting,
+                "queries": len(cell.mrr),
+                "mrr@10": value,
+                "ci_low": low,
+                "ci_high": high,
+            }
+            for label, (delta, p_value, outcome) in cell.versus.items():
+                row.update({f"vs_{label}_delta": delta, f"vs_{label}_p": p_value, f"vs_{label}": outcome})
+            rows.append(row)
+    return rows

@@ -1,13 +1,22 @@
-"""Benchmark tasks built from the warehouse: thread retrieval, response retrieval, summary-to-thread, and the
-same on a held-out platform. Only conversations of the requested splits are used (the test split for scores)."""
+"""Benchmark tasks built from the warehouse: thread retrieval, response retrieval, summary-to-thread, and the same on
+one platform alone.
 
+Queries come from conversations of the requested splits (the test split for scores); candidates and distractors
+are every message and conversation of the query's channel and time, whatever their split: training never saw the
+queries' conversations, and the real interleaved neighbours of a message are what makes chat retrieval hard. A
+retriever sees only what is known without the answer: a thread query's own message is left out of its
+conversation (text, times and order), and a response query is its prefix."""
+
+import itertools
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import dagster as dg
 import duckdb
 import numpy as np
 from pydantic import Field
 
+from threadembed_assets.warehouse.provenance import conversation_key
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
 from threadembed_assets.warehouse.schema import table_names
 
@@ -17,12 +26,25 @@ TASK_KINDS = ("thread", "response_message", "response_window", "summary")
 class TaskConfig(dg.Config):
     """How benchmark tasks are cut (run config of `benchmark_tasks`)."""
 
-    max_queries: int = Field(default=500, description="Queries per task and source.")
+    max_queries: int = Field(
+        default=500,
+        description="Queries per task and source, taken channel by channel (whole channels in a seeded order).",
+    )
     window_messages: int = Field(default=3, description="Messages in a prefix or window.")
-    candidates: int = Field(default=10, description="Response retrieval: the channel's next messages ranked.")
+    candidates: int = Field(
+        default=30,
+        description="Response retrieval: the true next message and the channel's next messages of "
+        "other conversations, this many in all.",
+    )
+    candidate_hours: float = Field(
+        default=24.0,
+        description="Thread retrieval: the candidates of a query are the conversations of its channel with a "
+        "message within this many hours of it (the whole channel when times are unknown; 0: always the whole "
+        "channel).",
+    )
     max_doc_chars: int = Field(default=1500, description="A document longer than this is cut.")
     held_out_platform: str = Field(
-        default="slack", description="Cross-platform transfer: tasks 1 and 2 again on this platform alone."
+        default="slack", description="Tasks 1 and 2 again on this platform alone (`<task>@<platform>`)."
     )
     seed: int = Field(default=0, description="Which conversations give queries.")
 
@@ -32,20 +54,36 @@ def task_kind(name: str) -> str:
     return "summary" if name.startswith("summary") else name.split("@")[0]
 
 
+def task_platform(name: str) -> str | None:
+    """The platform a task is restricted to (`thread@slack` -> slack), or None."""
+    return name.split("@", 1)[1] if "@" in name else None
+
+
 @dataclass
 class Task:
-    """Queries with one relevant document each, over a corpus (optionally a candidate list per query)."""
+    """Queries with one relevant document each, over a corpus (optionally a candidate list per query).
+
+    Where a task has a time context (`query_order` is set), each query has the channel, time and channel order of
+    the moment it is asked (a thread query's own message; a response query's last prefix message), and each
+    document the channel, times and orders of the messages it is made of (a thread query's message never counts
+    for its own conversation).
+    """
 
     name: str
     source: str
     queries: list[str]
-    query_ts: list[float | None]
     docs: list[str]
     doc_ids: list[str]
-    doc_ts: list[tuple[float | None, float | None]]  # (start, end) time of a document
     relevant: list[int]  # index into docs per query
     candidates: list[list[int]] | None = None
-    conversations: list[str] | None = None  # conversation of each query (to prove no training leakage)
+    conversations: list[str] | None = None  # conversation of each query
+    conversation_keys: list[str] | None = None  # provenance key of each query's conversation
+    query_channel: list[str | None] | None = None
+    query_ts: list[float | None] | None = None
+    query_order: list[int] | None = None
+    doc_channel: list[str | None] | None = None
+    doc_times: list[list[float]] | None = None
+    doc_orders: list[list[int]] | None = None
 
     def allowed(self) -> np.ndarray | None:
         """Boolean (queries x docs) mask of the candidates, or None when every document is a candidate."""
@@ -56,199 +94,294 @@ class Task:
             mask[row, indices] = True
         return mask
 
+    def has_time_context(self) -> bool:
+        """True when queries and documents carry channel order (and, where known, times)."""
+        return self.query_order is not None
+
+    def has_times(self) -> bool:
+        return self.has_time_context() and any(t is not None for t in self.query_ts or [])
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _lines(con: duckdb.DuckDBPyConnection, source: str, splits: list[str], platform: str | None) -> list[tuple]:
-    return con.execute(
+class Line(NamedTuple):
+    """One message of the benchmark's view of the warehouse."""
+
+    conversation_id: str
+    position: int
+    channel: str | None
+    ts: float | None
+    text: str  # rendered `author: text`
+    message_id: str
+    split: str
+    order: int  # place in the channel, over every split
+
+
+def _lines(con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> list[Line]:
+    """Every message of `source` (of every split), in channel order. Messages of one second are ordered by id,
+    shorter ids first, so numbered ids (IRC lines, Discord snowflakes) keep their order."""
+    rows = con.execute(
         f"""
-        SELECT m.conversation_id, m.position, m.channel, epoch(m.ts), {RENDER_MESSAGE_SQL}, m.message_id,
-            c.n_messages
+        SELECT m.conversation_id, m.position, m.channel, epoch(m.ts), {RENDER_MESSAGE_SQL}, m.message_id, c.split
         FROM messages m JOIN conversations c USING (source, conversation_id)
-        WHERE m.source = $source AND list_contains($splits, c.split) AND ($platform IS NULL OR c.platform = $platform)
-        ORDER BY m.channel, m.ts, m.conversation_id, m.position
+        WHERE m.source = $source AND ($platform IS NULL OR c.platform = $platform)
+        ORDER BY m.channel, m.ts, length(m.message_id), m.message_id
         """,
-        {"source": source, "splits": splits, "platform": platform},
+        {"source": source, "platform": platform},
     ).fetchall()
+    return [Line(*row, order) for order, row in enumerate(rows)]
 
 
-def _pick(ids: list[str], n: int, seed: int) -> list[str]:
+def _pick(data: "_Source", eligible: list[str], n: int, seed: int) -> list[str]:
+    """Up to `n` of the `eligible` conversations: whole channels in a seeded order (a seeded subset of the last),
+    so that a budget of queries needs the candidates of as few channels as possible."""
     rng = np.random.default_rng(seed)
-    ids = sorted(ids)
-    return [ids[i] for i in sorted(rng.permutation(len(ids))[:n])]
+    by_channel: dict[str, list[str]] = {}
+    for cid in sorted(eligible):
+        by_channel.setdefault(str(data.by_conversation[cid][0].channel), []).append(cid)
+    channels = sorted(by_channel)
+    picked: list[str] = []
+    for index in rng.permutation(len(channels)):
+        room = n - len(picked)
+        if room <= 0:
+            break
+        ids = by_channel[channels[index]]
+        picked += ids if len(ids) <= room else [ids[i] for i in sorted(rng.permutation(len(ids))[:room])]
+    return sorted(picked)
+
+
+class _Corpus:
+    """Documents of a task, added once each, with what a retriever may know about them."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars = max_chars
+        self.index: dict[str, int] = {}
+        self.docs: list[str] = []
+        self.doc_ids: list[str] = []
+        self.channels: list[str | None] = []
+        self.times: list[list[float]] = []
+        self.orders: list[list[int]] = []
+
+    def add(self, doc_id: str, lines: list[Line]) -> int:
+        if doc_id not in self.index:
+            self.index[doc_id] = len(self.docs)
+            self.docs.append("\n".join(line.text for line in lines)[: self.max_chars])
+            self.doc_ids.append(doc_id)
+            self.channels.append(lines[0].channel)
+            self.times.append([line.ts for line in lines if line.ts is not None])
+            self.orders.append([line.order for line in lines])
+        return self.index[doc_id]
+
+
+class _Queries:
+    """Queries of a task with their relevant document, candidates and time context."""
+
+    def __init__(self):
+        self.texts, self.relevant, self.candidates, self.conversations, self.keys = [], [], [], [], []
+        self.channels, self.times, self.orders = [], [], []
+
+    def add(self, text: str, at: Line, relevant: int, candidates: list[int] | None, cid: str, key: str) -> None:
+        self.texts.append(text)
+        self.relevant.append(relevant)
+        self.candidates.append(candidates)
+        self.conversations.append(cid)
+        self.keys.append(key)
+        self.channels.append(at.channel)
+        self.times.append(at.ts)
+        self.orders.append(at.order)
+
+    def task(self, name: str, source: str, corpus: _Corpus) -> Task:
+        return Task(
+            name=name,
+            source=source,
+            queries=self.texts,
+            docs=corpus.docs,
+            doc_ids=corpus.doc_ids,
+            relevant=self.relevant,
+            candidates=self.candidates,
+            conversations=self.conversations,
+            conversation_keys=self.keys,
+            query_channel=self.channels,
+            query_ts=self.times,
+            query_order=self.orders,
+            doc_channel=corpus.channels,
+            doc_times=corpus.times,
+            doc_orders=corpus.orders,
+        )
+
+
+@dataclass
+class _Source:
+    """One source's messages as the task builders read them."""
+
+    name: str
+    lines: list[Line]
+    by_conversation: dict[str, list[Line]]
+    by_channel: dict[str | None, list[Line]]
+    conversations_of_channel: dict[str | None, dict[str, list[Line]]]
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> "_Source":
+        lines = _lines(con, source, platform)
+        by_conversation: dict[str, list[Line]] = {}
+        by_channel: dict[str | None, list[Line]] = {}
+        for line in lines:
+            by_conversation.setdefault(line.conversation_id, []).append(line)
+            by_channel.setdefault(line.channel, []).append(line)
+        for conversation in by_conversation.values():
+            conversation.sort(key=lambda line: line.position)
+        conversations_of_channel: dict[str | None, dict[str, list[Line]]] = {}
+        for line in lines:
+            conversations_of_channel.setdefault(line.channel, {}).setdefault(line.conversation_id, []).append(line)
+        return cls(source, lines, by_conversation, by_channel, conversations_of_channel)
+
+    def next_of_others(self, line: Line, n: int) -> list[Line]:
+        """The next `n` messages of `line`'s channel after it that belong to other conversations."""
+        channel = self.by_channel[line.channel]
+        found = []
+        for other in itertools.islice(channel, line.order - channel[0].order + 1, None):
+            if len(found) == n:
+                break
+            if other.conversation_id != line.conversation_id:
+                found.append(other)
+        return found
+
+    def key(self, cid: str) -> str:
+        return conversation_key(self.by_conversation[cid][0].message_id)
 
 
 def build_tasks(
     con: duckdb.DuckDBPyConnection,
     source: str,
-    splits: list[str],
+    query_splits: list[str],
     config: TaskConfig,
     platform: str | None = None,
     suffix: str = "",
 ) -> list[Task]:
-    """The thread, response and summary tasks of one source over conversations of `splits`."""
-    rows = _lines(con, source, splits, platform)
-    by_conversation: dict[str, list[tuple]] = {}
-    for row in rows:
-        by_conversation.setdefault(row[0], []).append(row)
-    for lines in by_conversation.values():
-        lines.sort(key=lambda r: r[1])
-    long = [cid for cid, lines in by_conversation.items() if len(lines) >= 3]
-    picked = _pick(long, config.max_queries, config.seed)
+    """The thread, response and summary tasks of one source, with queries from conversations of `query_splits`."""
+    data = _Source.read(con, source, platform)
+    long = [cid for cid, lines in data.by_conversation.items() if len(lines) >= 3 and lines[0].split in query_splits]
+    picked = _pick(data, long, config.max_queries, config.seed)
     tasks = [
-        _thread_task(source, by_conversation, picked, config, suffix),
-        _response_message_task(source, rows, by_conversation, picked, config, suffix),
-        _response_window_task(source, by_conversation, picked, config, suffix),
+        _thread_task(data, picked, config, suffix),
+        *_response_tasks(data, picked, config, suffix),
     ]
     if platform is None:
-        tasks += _summary_tasks(con, source, splits, by_conversation, config)
+        tasks += _summary_tasks(con, data, query_splits, config, picked)
     return [task for task in tasks if task.queries]
 
 
-def _span(lines: list[tuple]) -> tuple[float | None, float | None]:
-    times = [r[3] for r in lines if r[3] is not None]
-    return (min(times), max(times)) if times else (None, None)
-
-
-def _conversation_corpus(
-    by_conversation: dict[str, list[tuple]], max_chars: int, leave_out: dict[str, tuple] | None = None
-) -> tuple[list[str], list[str], list[tuple[float | None, float | None]]]:
-    """Ids, rendered documents and time spans of every conversation of 2+ messages; a conversation's message in
-    `leave_out` (its query) is not part of its document."""
-    leave_out = leave_out or {}
-    doc_ids = [cid for cid, lines in by_conversation.items() if len(lines) >= 2]
-    docs = ["\n".join(r[4] for r in by_conversation[cid] if leave_out.get(cid) is not r)[:max_chars] for cid in doc_ids]
-    return doc_ids, docs, [_span(by_conversation[cid]) for cid in doc_ids]
-
-
-def _thread_task(source, by_conversation, picked, config, suffix) -> Task:
-    """A message finds its conversation; the message is left out of that conversation's document."""
-    query_of = {cid: by_conversation[cid][len(by_conversation[cid]) // 2] for cid in picked}
-    doc_ids, docs, spans = _conversation_corpus(by_conversation, config.max_doc_chars, leave_out=query_of)
-    index = {cid: i for i, cid in enumerate(doc_ids)}
-    return Task(
-        name="thread" + suffix,
-        source=source,
-        queries=[query_of[cid][4] for cid in picked],
-        query_ts=[query_of[cid][3] for cid in picked],
-        docs=docs,
-        doc_ids=doc_ids,
-        doc_ts=spans,
-        relevant=[index[cid] for cid in picked],
-        conversations=picked,
-    )
-
-
-def _response_message_task(source, rows, by_conversation, picked, config, suffix) -> Task:
-    """A conversation's prefix finds its next message among the channel's next messages (interleaved threads)."""
-    order = {row[5]: i for i, row in enumerate(rows)}
-    docs, doc_ids, doc_ts, doc_index = [], [], [], {}
-
-    def doc(row) -> int:
-        if row[5] not in doc_index:
-            doc_index[row[5]] = len(docs)
-            docs.append(row[4][: config.max_doc_chars])
-            doc_ids.append(row[5])
-            doc_ts.append((row[3], row[3]))
-        return doc_index[row[5]]
-
-    queries, query_ts, relevant, candidates, conversations = [], [], [], [], []
+def _thread_task(data: _Source, picked: list[str], config: TaskConfig, suffix: str) -> Task:
+    """A message finds its conversation among the conversations of its channel active within `candidate_hours`;
+    the message is left out of its conversation's document, times and order."""
+    query_of = {cid: data.by_conversation[cid][len(data.by_conversation[cid]) // 2] for cid in picked}
+    left_out = {line.message_id for line in query_of.values()}
+    corpus, queries = _Corpus(config.max_doc_chars), _Queries()
+    window_s = config.candidate_hours * 3600
     for cid in picked:
-        lines = by_conversation[cid]
+        query = query_of[cid]
+        candidates = []
+        for other_cid, other in data.conversations_of_channel[query.channel].items():
+            kept = [line for line in other if line.message_id not in left_out]
+            if kept and (other_cid == cid or _near(kept, query.ts, window_s)):
+                candidates.append((other_cid, kept))
+        if not any(other_cid == cid and _near(kept, query.ts, window_s) for other_cid, kept in candidates):
+            continue  # its own conversation is not active near it: no fair candidate set
+        indices = [corpus.add(other_cid, kept) for other_cid, kept in candidates]
+        queries.add(query.text, query, corpus.index[cid], indices, cid, data.key(cid))
+    return queries.task("thread" + suffix, data.name, corpus)
+
+
+def _near(lines: list[Line], ts: float | None, window_s: float) -> bool:
+    """True when one of `lines` is within `window_s` of `ts` (always, when a time is unknown or window_s is 0)."""
+    if ts is None or window_s <= 0:
+        return True
+    times = [line.ts for line in lines if line.ts is not None]
+    return not times or min(abs(t - ts) for t in times) <= window_s
+
+
+def _response_tasks(data: _Source, picked: list[str], config: TaskConfig, suffix: str) -> list[Task]:
+    """A conversation's prefix (its last `window_messages` messages before the middle) finds what comes next:
+
+    - `response_message`: its next message among the channel's next messages of other conversations;
+    - `response_window`: its next `window_messages` messages among the windows that start at those messages.
+    """
+    k = config.window_messages
+    messages, message_queries = _Corpus(config.max_doc_chars), _Queries()
+    windows, window_queries = _Corpus(config.max_doc_chars), _Queries()
+    for cid in picked:
+        lines = data.by_conversation[cid]
         cut = max(1, len(lines) // 2)
-        prefix, answer = lines[max(0, cut - config.window_messages) : cut], lines[cut]
-        start = order[prefix[-1][5]] + 1
-        others = [r for r in rows[start : start + 4 * config.candidates] if r[0] != cid and r[2] == answer[2]]
-        others = others[: config.candidates - 1]
+        prefix, answer = lines[max(0, cut - k) : cut], lines[cut]
+        others = data.next_of_others(prefix[-1], config.candidates - 1)
         if not others:
             continue
-        queries.append("\n".join(r[4] for r in prefix))
-        query_ts.append(prefix[-1][3])
-        relevant.append(doc(answer))
-        candidates.append([relevant[-1], *(doc(r) for r in others)])
-        conversations.append(cid)
-    return Task(
-        "response_message" + suffix,
-        source,
-        queries,
-        query_ts,
-        docs,
-        doc_ids,
-        doc_ts,
-        relevant,
-        candidates,
-        conversations,
-    )
+        text, key = "\n".join(line.text for line in prefix), data.key(cid)
+        candidates = [messages.add(line.message_id, [line]) for line in [answer, *others]]
+        message_queries.add(text, prefix[-1], candidates[0], candidates, cid, key)
+        starts = [answer, *others]
+        candidates = [
+            windows.add(
+                f"{line.conversation_id}@{line.position}",
+                data.by_conversation[line.conversation_id][line.position : line.position + k],
+            )
+            for line in starts
+        ]
+        window_queries.add(text, prefix[-1], candidates[0], list(dict.fromkeys(candidates)), cid, key)
+    return [
+        message_queries.task("response_message" + suffix, data.name, messages),
+        window_queries.task("response_window" + suffix, data.name, windows),
+    ]
 
 
-def _response_window_task(source, by_conversation, picked, config, suffix) -> Task:
-    """A conversation's prefix finds its next window among every conversation's next window."""
-    k = config.window_messages
-    queries, query_ts, docs, doc_ids, doc_ts, conversations = [], [], [], [], [], []
-    for cid in picked:
-        lines = by_conversation[cid]
-        cut = max(1, len(lines) // 2)
-        prefix, window = lines[max(0, cut - k) : cut], lines[cut : cut + k]
-        queries.append("\n".join(r[4] for r in prefix))
-        query_ts.append(prefix[-1][3])
-        docs.append("\n".join(r[4] for r in window)[: config.max_doc_chars])
-        doc_ids.append(f"{cid}@{cut}")
-        doc_ts.append(_span(window))
-        conversations.append(cid)
-    return Task(
-        "response_window" + suffix,
-        source,
-        queries,
-        query_ts,
-        docs,
-        doc_ids,
-        doc_ts,
-        list(range(len(queries))),
-        None,
-        conversations,
-    )
-
-
-def _summary_tasks(con, source, splits, by_conversation, config) -> list[Task]:
-    """A summary finds its conversation, one task per summarizer (LLM and extractive are never mixed)."""
+def _summary_tasks(
+    con: duckdb.DuckDBPyConnection, data: _Source, query_splits: list[str], config: TaskConfig, picked: list[str]
+) -> list[Task]:
+    """A summary finds its conversation among every conversation of its channel (one task per summarizer: LLM and
+    extractive are never mixed). Only summaries in the channels of the other tasks' queries are asked, so that every
+    task of a source shares one corpus."""
     if "conversation_summaries" not in table_names(con):
         return []
     summaries = con.execute(
         "SELECT summarizer, conversation_id, summary FROM conversation_summaries "
         "WHERE source = $source AND list_contains($splits, split) ORDER BY conversation_id",
-        {"source": source, "splits": splits},
+        {"source": data.name, "splits": query_splits},
     ).fetchall()
-    doc_ids, docs, spans = _conversation_corpus(by_conversation, config.max_doc_chars)
-    index = {cid: i for i, cid in enumerate(doc_ids)}
+    channels = {data.by_conversation[cid][0].channel for cid in picked}
     tasks = []
     for summarizer in sorted({s for s, _, _ in summaries}):
-        chosen = [(cid, text) for s, cid, text in summaries if s == summarizer and cid in index][: config.max_queries]
-        tasks.append(
-            Task(
-                f"summary_{summarizer}",
-                source,
-                [t for _, t in chosen],
-                [None] * len(chosen),
-                docs,
-                doc_ids,
-                spans,
-                [index[c] for c, _ in chosen],
-                None,
-                [c for c, _ in chosen],
+        texts = {cid: text for s, cid, text in summaries if s == summarizer and cid in data.by_conversation}
+        in_channels = [cid for cid in sorted(texts) if data.by_conversation[cid][0].channel in channels]
+        chosen = [(cid, texts[cid]) for cid in _pick(data, in_channels, config.max_queries, config.seed)]
+        corpus, candidates = _Corpus(config.max_doc_chars), []
+        for cid, _ in chosen:
+            channel = data.conversations_of_channel[data.by_conversation[cid][0].channel]
+            candidates.append(
+                [corpus.add(other, sorted(lines, key=lambda line: line.position)) for other, lines in channel.items()]
             )
+        task = Task(
+            name=f"summary_{summarizer}",
+            source=data.name,
+            queries=[text for _, text in chosen],
+            docs=corpus.docs,
+            doc_ids=corpus.doc_ids,
+            relevant=[corpus.index[cid] for cid, _ in chosen],
+            candidates=candidates,
+            conversations=[cid for cid, _ in chosen],
+            conversation_keys=[data.key(cid) for cid, _ in chosen],
         )
+        tasks.append(task)
     return tasks
 
 
-def all_tasks(con: duckdb.DuckDBPyConnection, splits: list[str], config: TaskConfig) -> list[Task]:
+def all_tasks(con: duckdb.DuckDBPyConnection, query_splits: list[str], config: TaskConfig) -> list[Task]:
     """Tasks of every source in the warehouse, plus the held-out platform's thread and response tasks."""
     sources = [s for (s,) in con.execute("SELECT DISTINCT source FROM conversations ORDER BY 1").fetchall()]
     tasks = []
     for source in sources:
-        tasks += build_tasks(con, source, splits, config)
+        tasks += build_tasks(con, source, query_splits, config)
         if config.held_out_platform:
-            tasks += build_tasks(
-                con, source, splits, config, platform=config.held_out_platform, suffix=f"@{config.held_out_platform}"
-            )
+            platform = config.held_out_platform
+            tasks += build_tasks(con, source, query_splits, config, platform=platform, suffix=f"@{platform}")
     return tasks

@@ -91,6 +91,10 @@ def judge(current: dict, previous: dict | None, limits: PairQualityThresholds) -
         findings.append(Finding(error, f"{current['leakage']:.0f} train pairs touch a dev/test conversation"))
     if current["anchor_equals_positive"] > 0:
         findings.append(Finding(error, f"{current['anchor_equals_positive']:.0f} pairs have anchor equal to positive"))
+    if current["negative_equals_positive"] > 0:
+        findings.append(
+            Finding(error, f"{current['negative_equals_positive']:.0f} pairs have a negative equal to their positive")
+        )
     if current["empty_rate"] > limits.max_empty_rate:
         findings.append(Finding(error, f"empty rate {current['empty_rate']:.2%} > {limits.max_empty_rate:.2%}"))
     if current["duplicate_rate"] > limits.max_duplicate_rate:

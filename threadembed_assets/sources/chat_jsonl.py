@@ -1,5 +1,6 @@
 """Chat JSONL, the interchange format: one message a line with the fields of `CHAT_FIELDS`."""
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from threadembed_assets.sources.hub import limited
 from threadembed_assets.sources.schema import CHAT_FIELDS, RAW_SCHEMA, ParquetPart, batched, error_row
 
 # A 1 MB message must be read (then quarantined as oversize), so allow objects well beyond it.
@@ -23,6 +25,7 @@ COPY (
         CAST(NULL AS VARCHAR) AS error
     FROM read_json($path, format = 'newline_delimited', columns = $columns,
                    maximum_object_size = {_MAX_OBJECT_BYTES})
+    LIMIT $max_rows
 ) TO '{{dest}}' (FORMAT parquet, COMPRESSION snappy)
 """
 
@@ -33,12 +36,13 @@ def platform_of(source: str | None) -> str:
     return next((name for name in _PLATFORMS if name in lowered), "chat")
 
 
-def chat_jsonl_part(path: Path, source: str, platform: str | None) -> ParquetPart:
-    """A raw part for a chat JSONL file.
+def chat_jsonl_part(path: Path, source: str, platform: str | None, max_rows: int | None = None) -> ParquetPart:
+    """A raw part for a chat JSONL file (gzip-compressed when its name ends in `.gz`).
 
     Clean files are copied to Parquet by DuckDB's `read_json` (vectorized, bounded memory, no Python per row).
     A file with a malformed line or invalid UTF-8 is re-read line by line so that the good lines load and each
-    bad one becomes an error row. `source` fills rows without one; `platform=None` infers it from the source.
+    bad one becomes an error row. `source` fills rows without one; `platform=None` infers it from the source;
+    `max_rows` keeps the first lines only.
     """
 
     def write(dest: Path) -> None:
@@ -48,20 +52,21 @@ def chat_jsonl_part(path: Path, source: str, platform: str | None) -> ParquetPar
             "platform": platform,
             "origin": path.name,
             "columns": {name: "VARCHAR" for name in CHAT_FIELDS},
+            "max_rows": max_rows,
         }
         try:
             with duckdb.connect() as con:
                 con.execute(_COPY_SQL.replace("{dest}", str(dest).replace("'", "''")), params)
         except duckdb.InvalidInputException:
             with pq.ParquetWriter(dest, RAW_SCHEMA, compression="zstd") as writer:
-                for batch in batched(_read_tolerant(path, source, platform)):
+                for batch in batched(limited(_read_tolerant(path, source, platform), max_rows)):
                     writer.write_batch(batch)
 
     return ParquetPart(write)
 
 
 def _read_tolerant(path: Path, source: str, platform: str | None) -> Iterator[dict]:
-    with path.open("rb") as handle:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
         for seq, raw_line in enumerate(handle, start=1):
             if not raw_line.strip():
                 continue

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from threadembed_assets import settings
 from threadembed_assets.sources.chat_export import read_imports
+from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
 from threadembed_assets.sources.config import RawSourceConfig
 from threadembed_assets.sources.dialogue import (
     discord_dialogues_rows,
@@ -21,6 +22,9 @@ from threadembed_assets.sources.schema import RawPiece, batched
 from threadembed_assets.sources.slack import read_disentangled_xml, read_slack_export_dir
 
 Loader = Callable[["SourceSpec", RawSourceConfig], Iterator[RawPiece]]
+
+UBUNTU_IRC_FILE = Path(__file__).parent / "data" / "ubuntu_irc.jsonl.gz"
+"""The shipped slice of real Ubuntu IRC chat in chat JSONL (license and selection: data/LICENSE-ubuntu_irc.md)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,15 @@ def _load_chat_export(spec: SourceSpec, config: RawSourceConfig) -> Iterator[Raw
     return read_imports(folder, spec.key, config.max_archive_bytes)
 
 
+def _load_ubuntu_irc(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
+    if config.path:
+        raise ValueError(
+            f"Source '{spec.key}' reads the slice shipped in the package ({UBUNTU_IRC_FILE.name}); it takes no "
+            "path. Put your own chat JSONL under the imports folder and use the chat_export source instead."
+        )
+    return iter([chat_jsonl_part(UBUNTU_IRC_FILE, spec.key, spec.platform, config.max_rows)])
+
+
 def _load_sample(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     return batched(limited(generate_sample(config.n_messages, config.seed, spec.key), config.max_rows))
 
@@ -106,12 +119,22 @@ SOURCES: dict[str, SourceSpec] = {
     spec.key: spec
     for spec in [
         SourceSpec(
+            "ubuntu_irc",
+            "irc",
+            "jkkummerfeld/irc-disentanglement (train split, 51 of 153 channels, shipped in the package)",
+            "CC-BY-4.0",
+            "P0",
+            "Real #ubuntu IRC chat with gold conversations (Kummerfeld et al., ACL 2019): a 20k-message slice "
+            "shipped with the package, the offline default of `make run`.",
+            _load_ubuntu_irc,
+        ),
+        SourceSpec(
             "sample",
             "mixed",
             "generator (deterministic, seeded)",
             "project",
             "P0",
-            "Generated multi-platform chat with interleaved threads: the offline default.",
+            "Generated multi-platform chat with interleaved threads: small and fast, for tests.",
             _load_sample,
         ),
         SourceSpec(

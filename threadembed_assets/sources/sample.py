@@ -1,4 +1,4 @@
-"""`sample`: a deterministic generator of multi-channel chat with interleaved threads (the offline default)."""
+"""`sample`: a deterministic generator of multi-channel chat with interleaved threads (small and fast, for tests)."""
 
 import random
 from collections.abc import Iterator

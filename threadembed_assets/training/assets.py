@@ -1,12 +1,13 @@
 """Training assets: three stages, each starting from the one before, on every source's train pairs."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.pairs.assets import query_response_pairs, summary_pairs, temporal_pairs, thread_pairs
-from threadembed_assets.training.data import load_pairs, pairs_digest, thread_retrieval_set
+from threadembed_assets.training.data import load_pairs, pair_sources, pairs_digest, thread_retrieval_set
 from threadembed_assets.training.mining import (
     HARD_NEGATIVE_TABLE,
     MiningConfig,
@@ -18,6 +19,7 @@ from threadembed_assets.training.presets import TrainConfig, recipe_for
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import StageResult, fingerprint, load_model, train_stage
 from threadembed_assets.warehouse.assets import connect, source_partitions
+from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,41 @@ def _start_path(stage: Stage, models: ModelStore) -> str:
     return str(latest)
 
 
-def _metadata(result: StageResult, start_from: str, latest: str) -> dict:
+def model_card_section(record: dict) -> str:
+    """A model card section on what a checkpoint learned from (its provenance record)."""
+
+    def listed(values: list[str]) -> str:
+        return ", ".join(values) or "none"
+
+    return (
+        "\n\n## ThreadEmbed training data\n\n"
+        "Train-split conversations this model (with the models it started from) learned from:\n\n"
+        f"- sources: {listed(record['sources'])}\n"
+        f"- platforms: {listed(record['platforms'])}\n"
+        f"- excluded platforms: {listed(record['excluded_platforms'])}\n"
+        f"- conversations: {record['conversations']}\n"
+        f"- conversation fingerprint: {record['fingerprint']}\n"
+    )
+
+
+def record_training_data(run_dir: Path, learned: dict, exclude_platforms: list[str], start_from: str, log=None) -> dict:
+    """Write the provenance file into `run_dir` (what this stage learned plus what `start_from` had learned) and
+    append a section on it to the model card; returns the record."""
+    inherited = read_provenance(start_from)
+    # A platform the start model already learned was not left out of this model, whatever this stage excluded.
+    relearned = sorted(set(exclude_platforms) & set((inherited or {}).get("platforms", [])))
+    if relearned and log:
+        log(f"the start model {start_from} already learned {relearned}: they are not recorded as excluded")
+    excluded = sorted(set(exclude_platforms) - set(relearned))
+    record = write_provenance(run_dir, learned, excluded, inherited)
+    card = run_dir / "README.md"
+    if card.is_file():
+        with card.open("a", encoding="utf-8") as handle:
+            handle.write(model_card_section(record))
+    return record
+
+
+def _metadata(result: StageResult, start_from: str, latest: str, record: dict) -> dict:
     curve = dg.MetadataValue.table(
         records=[dg.TableRecord({"step": step, "loss": round(loss, 5)}) for step, loss in result.loss_curve],
         schema=dg.TableSchema(columns=[dg.TableColumn("step", "int"), dg.TableColumn("loss", "float")]),
@@ -63,8 +99,14 @@ def _metadata(result: StageResult, start_from: str, latest: str) -> dict:
         "resumed_from_step": result.resumed_from_step,
         "pairs_seen": result.pairs_seen,
         "pairs_per_second": round(result.pairs_per_second, 2),
+        "train_seconds": round(result.train_seconds, 1),
         "wall_seconds": round(result.wall_seconds, 1),
         "stopped_by_wall_clock_budget": result.stopped_by_budget,
+        "trained_on_sources": dg.MetadataValue.json(record["sources"]),
+        "trained_on_platforms": dg.MetadataValue.json(record["platforms"]),
+        "excluded_platforms": dg.MetadataValue.json(record["excluded_platforms"]),
+        "train_conversations": record["conversations"],
+        "train_conversations_fingerprint": record["fingerprint"],
         "device": result.hyperparameters["device"],
         "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
         "loss_curve": curve,
@@ -91,20 +133,23 @@ def run_stage(
     precision = compute.resolve_precision(device)
     recipe = recipe_for(stage.name, config, compute.train_batch_size)
     start_from = _start_path(stage, models)
+    exclude = sorted(set(config.exclude_platforms))
     with connect(warehouse) as con:
         try:
-            dataset = load_pairs(con, stage.tables, recipe.max_pairs, config.seed, stage.with_negative)
+            dataset = load_pairs(con, stage.tables, recipe.max_pairs, config.seed, stage.with_negative, exclude)
         except ValueError as exc:
             raise dg.Failure(description=f"{stage.name}: {exc}") from None
-        digest = pairs_digest(con, stage.tables)
-        eval_set = thread_retrieval_set(con, "dev", recipe.eval_queries, config.seed)
+        digest = pairs_digest(con, stage.tables, stage.with_negative, exclude)
+        eval_set = thread_retrieval_set(con, "dev", recipe.eval_queries, config.seed, exclude_platforms=exclude)
+        learned = train_conversations(con, pair_sources(con, stage.tables, stage.with_negative, exclude), exclude)
     if len(dataset) == 0:
-        raise dg.Failure(description=f"{stage.name}: no train pairs in {stage.tables}")
-    key = fingerprint(stage.name, start_from, recipe, digest, config.seed, device, precision)
+        excluding = f" outside platforms {exclude}" if exclude else ""
+        raise dg.Failure(description=f"{stage.name}: no train pairs in {stage.tables}{excluding}")
+    key = fingerprint(stage.name, start_from, recipe, digest, exclude, config.seed, device, precision)
     asset_dir = models.asset_dir(stage.name)
     context.log.info(
         f"{stage.name}: {len(dataset)} pairs from {stage.tables}, start {start_from}, {device}/{precision}, "
-        f"preset {config.preset}: {recipe}"
+        f"preset {config.preset}: {recipe}" + (f", excluding platforms {exclude}" if exclude else "")
     )
     result = train_stage(
         stage=stage.name,
@@ -120,9 +165,15 @@ def run_stage(
         seed=config.seed,
         log=context.log.info,
     )
+    # The folder is complete (weights, model card, provenance) before `latest` points at it.
+    record = record_training_data(result.run_dir, learned, exclude, start_from, context.log.warning)
     latest = models.publish(stage.name, result.run_dir)
-    context.log.info(f"{stage.name}: {result.steps} steps, dev {result.dev_before} -> {result.dev_after}")
-    return dg.MaterializeResult(metadata=_metadata(result, start_from, str(latest)))
+    context.log.info(
+        f"{stage.name}: {result.steps} steps, {result.pairs_per_second:.1f} pairs/s over {result.train_seconds:.1f} s "
+        f"of training ({result.wall_seconds:.1f} s in all), dev {result.dev_before} -> {result.dev_after}; learned "
+        f"from {record['conversations']} conversations on {record['platforms']}"
+    )
+    return dg.MaterializeResult(metadata=_metadata(result, start_from, str(latest), record))
 
 
 def _training_asset(stage: Stage, deps: list, description: str) -> dg.AssetsDefinition:

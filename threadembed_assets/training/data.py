@@ -1,4 +1,8 @@
-"""Training data from the warehouse: train-split pairs of every source, and the dev thread-retrieval set."""
+"""Training data from the warehouse: train-split pairs of every source, and the dev thread-retrieval set.
+
+Every reader takes `exclude_platforms`: conversations of those platforms (the `platform` of the `conversations`
+row that a pair's (source, conversation_id) names) never reach a stage, neither as pairs nor as evaluation.
+"""
 
 import duckdb
 from datasets import Dataset
@@ -6,57 +10,115 @@ from datasets import Dataset
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
 from threadembed_assets.warehouse.schema import table_names
 
+# A pair's conversation is on an allowed platform. With nothing excluded every pair passes (even one whose
+# conversation row is gone); with exclusions, a pair whose conversation's platform is unknown is left out too.
+_ALLOWED_CONVERSATION_SQL = "(len($excluded) = 0 OR coalesce(NOT list_contains($excluded, c.platform), false))"
+# The conversation a pair's negative comes from (meta.negative_conversation_id) is not on an excluded platform.
+_ALLOWED_NEGATIVE_SQL = "NOT coalesce(list_contains($excluded, nc.platform), false)"
 
-def load_pairs(
-    con: duckdb.DuckDBPyConnection, tables: list[str], max_pairs: int, seed: int, with_negative: bool = False
-) -> Dataset:
-    """Train-split pairs of all sources from `tables` (STRATEGIES names), shuffled, at most `max_pairs`.
 
-    Columns: anchor, positive (and negative when `with_negative`, keeping only rows that have one).
-    """
+def _train_pairs_sql(table: str, columns: list[str], with_negative: bool) -> str:
+    """SELECT `columns` of the train pairs of `table` (a STRATEGIES name, never user input) outside $excluded."""
+    negative_join = (
+        "LEFT JOIN conversations nc ON nc.source = p.source "
+        "AND nc.conversation_id = json_extract_string(p.meta, '$.negative_conversation_id')"
+    )
+    return (
+        f"SELECT {', '.join(f'p.{column}' for column in columns)} FROM {table} p "
+        "LEFT JOIN conversations c ON c.source = p.source AND c.conversation_id = p.conversation_id "
+        + (negative_join if with_negative else "")
+        + f" WHERE p.split = 'train' AND {_ALLOWED_CONVERSATION_SQL}"
+        + (f" AND p.negative IS NOT NULL AND {_ALLOWED_NEGATIVE_SQL}" if with_negative else "")
+    )
+
+
+def _check_tables(con: duckdb.DuckDBPyConnection, tables: list[str]) -> None:
     existing = table_names(con)
     missing = [table for table in tables if table not in existing]
     if missing:
         raise ValueError(f"pair tables {missing} do not exist yet: materialize them first")
-    columns = "anchor, positive, negative" if with_negative else "anchor, positive"
-    union = " UNION ALL ".join(
-        f"SELECT {columns} FROM {table} WHERE split = 'train'" + (" AND negative IS NOT NULL" if with_negative else "")
-        for table in tables
-    )
+
+
+def load_pairs(
+    con: duckdb.DuckDBPyConnection,
+    tables: list[str],
+    max_pairs: int,
+    seed: int,
+    with_negative: bool = False,
+    exclude_platforms: list[str] | tuple[str, ...] = (),
+) -> Dataset:
+    """Train-split pairs of all sources from `tables` (STRATEGIES names), shuffled, at most `max_pairs`.
+
+    Pairs whose conversation is on a platform of `exclude_platforms` are left out (and, with `with_negative`,
+    those whose negative comes from such a conversation). Columns: anchor, positive (and negative when
+    `with_negative`, keeping only rows that have one).
+    """
+    _check_tables(con, tables)
+    columns = ["anchor", "positive", "negative"] if with_negative else ["anchor", "positive"]
+    union = " UNION ALL ".join(_train_pairs_sql(table, columns, with_negative) for table in tables)
     table = con.sql(
         f"SELECT * FROM ({union}) ORDER BY hash(anchor, positive, $seed) LIMIT $limit",
-        params={"seed": seed, "limit": max_pairs},
+        params={"seed": seed, "limit": max_pairs, "excluded": list(exclude_platforms)},
     ).to_arrow_table()
     return Dataset(table)
 
 
-def pairs_digest(con: duckdb.DuckDBPyConnection, tables: list[str]) -> str:
-    """A fingerprint of the train pairs of `tables`: changes whenever their content does."""
-    union = " UNION ALL ".join(f"SELECT anchor, positive, negative FROM {t} WHERE split = 'train'" for t in tables)
-    count, total = con.execute(f"SELECT count(*), sum(hash(anchor, positive, negative)) FROM ({union})").fetchone()
+def pair_sources(
+    con: duckdb.DuckDBPyConnection,
+    tables: list[str],
+    with_negative: bool = False,
+    exclude_platforms: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """The sources that have train pairs in `tables` outside `exclude_platforms` (what `load_pairs` draws from)."""
+    _check_tables(con, tables)
+    union = " UNION ALL ".join(_train_pairs_sql(table, ["source"], with_negative) for table in tables)
+    rows = con.execute(
+        f"SELECT DISTINCT source FROM ({union}) ORDER BY source", {"excluded": list(exclude_platforms)}
+    ).fetchall()
+    return [source for (source,) in rows]
+
+
+def pairs_digest(
+    con: duckdb.DuckDBPyConnection,
+    tables: list[str],
+    with_negative: bool = False,
+    exclude_platforms: list[str] | tuple[str, ...] = (),
+) -> str:
+    """A fingerprint of the train pairs of `tables` that a stage may draw: changes whenever their content does."""
+    columns = ["anchor", "positive", "negative"]
+    union = " UNION ALL ".join(_train_pairs_sql(table, columns, with_negative) for table in tables)
+    count, total = con.execute(
+        f"SELECT count(*), sum(hash(anchor, positive, negative)) FROM ({union})", {"excluded": list(exclude_platforms)}
+    ).fetchone()
     return f"{count}-{total}"
 
 
 def thread_retrieval_set(
-    con: duckdb.DuckDBPyConnection, split: str, n_queries: int, seed: int, max_chars: int = 1500
+    con: duckdb.DuckDBPyConnection,
+    split: str,
+    n_queries: int,
+    seed: int,
+    max_chars: int = 1500,
+    exclude_platforms: list[str] | tuple[str, ...] = (),
 ) -> tuple[dict, dict, dict]:
     """Queries, corpus and relevant docs for thread retrieval on `split`: a message finds its conversation.
 
     One query per conversation of 3+ messages (its middle message), whose document leaves that message out; the
     corpus holds every conversation of the split (of those sources) as distractors, the interleaved ones included.
+    Conversations on a platform of `exclude_platforms` are neither queries nor documents.
     """
     rows = con.execute(
         f"""
         WITH picked AS (
             SELECT source, conversation_id, n_messages FROM conversations
-            WHERE split = $split AND n_messages >= 3
+            WHERE split = $split AND n_messages >= 3 AND NOT list_contains($excluded, platform)
             ORDER BY hash(source, conversation_id, $seed) LIMIT $n
         ), lines AS (
             SELECT m.source, m.conversation_id, m.position, {RENDER_MESSAGE_SQL} AS line,
                 p.n_messages IS NOT NULL AND m.position = p.n_messages // 2 AS is_query
             FROM messages m JOIN conversations c USING (source, conversation_id)
             LEFT JOIN picked p USING (source, conversation_id)
-            WHERE c.split = $split AND c.n_messages >= 2
+            WHERE c.split = $split AND c.n_messages >= 2 AND NOT list_contains($excluded, c.platform)
                 AND m.source IN (SELECT DISTINCT source FROM picked)
         )
         SELECT source || '/' || conversation_id,
@@ -64,7 +126,13 @@ def thread_retrieval_set(
             left(string_agg(CASE WHEN NOT is_query THEN line END, chr(10) ORDER BY position), $max_chars)
         FROM lines GROUP BY ALL
         """,
-        {"split": split, "n": n_queries, "seed": seed, "max_chars": max_chars},
+        {
+            "split": split,
+            "n": n_queries,
+            "seed": seed,
+            "max_chars": max_chars,
+            "excluded": list(exclude_platforms),
+        },
     ).fetchall()
     corpus = {doc_id: text for doc_id, _, text in rows if text}
     queries = {doc_id: query for doc_id, query, _ in rows if query and doc_id in corpus}

@@ -26,18 +26,39 @@ class MiningConfig(dg.Config):
         default=0.05, description="A candidate must score this much below the positive (false-negative guard)."
     )
     seed: int = Field(default=0, description="Which train pairs are picked when there are more than max_anchors.")
+    exclude_platforms: list[str] = Field(
+        default=[],
+        description="Platforms whose conversations are neither mined for nor mined from (as in TrainConfig).",
+    )
 
 
 def load_mining_rows(con: duckdb.DuckDBPyConnection, source: str, config: MiningConfig) -> list[dict]:
-    """Train pairs of `source` to mine for, with their conversation and interleaved negative."""
+    """Train pairs of `source` to mine for, with their conversation and interleaved negative.
+
+    Pairs whose conversation is on a platform of `config.exclude_platforms` are left out, so that they are neither
+    anchors nor (since candidates are the rows' positives) mined negatives; so are interleaved negatives from
+    such a conversation.
+    """
     union = " UNION ALL ".join(
-        f"SELECT strategy, split, anchor, positive, negative, conversation_id, meta FROM {STRATEGIES[s]} "
-        "WHERE source = $source AND split = 'train'"
+        "SELECT p.strategy, p.split, p.anchor, p.positive, "
+        "CASE WHEN coalesce(list_contains($excluded, nc.platform), false) THEN NULL ELSE p.negative END, "
+        f"p.conversation_id, p.meta FROM {STRATEGIES[s]} p "
+        "LEFT JOIN conversations c ON c.source = p.source AND c.conversation_id = p.conversation_id "
+        "LEFT JOIN conversations nc ON nc.source = p.source "
+        "AND nc.conversation_id = json_extract_string(p.meta, '$.negative_conversation_id') "
+        "WHERE p.source = $source AND p.split = 'train' "
+        "AND (len($excluded) = 0 OR coalesce(NOT list_contains($excluded, c.platform), false))"
         for s in config.strategies
     )
     cursor = con.execute(
-        f"SELECT * FROM ({union}) ORDER BY hash(anchor, positive, $seed) LIMIT $limit",
-        {"source": source, "seed": config.seed, "limit": config.max_anchors},
+        f"SELECT * FROM ({union}) AS q(strategy, split, anchor, positive, negative, conversation_id, meta) "
+        "ORDER BY hash(anchor, positive, $seed) LIMIT $limit",
+        {
+            "source": source,
+            "seed": config.seed,
+            "limit": config.max_anchors,
+            "excluded": list(config.exclude_platforms),
+        },
     )
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

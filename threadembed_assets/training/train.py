@@ -11,14 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from sentence_transformers import (
-    SentenceTransformer,
-    SentenceTransformerTrainer,
-    SentenceTransformerTrainingArguments,
-    losses,
-)
-from sentence_transformers.evaluation import InformationRetrievalEvaluator
-from sentence_transformers.training_args import BatchSamplers
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer import losses
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from transformers import TrainerCallback
 
 from threadembed_assets.training.presets import Recipe
@@ -57,22 +53,42 @@ def fingerprint(*parts: object) -> str:
 
 
 class StageProgress(TrainerCallback):
-    """Logs step, loss, pairs/s and ETA at intervals, keeps the loss curve, and stops at the wall-clock budget."""
+    """Logs step, loss, pairs/s and ETA at intervals, keeps the loss curve, and stops at the wall-clock budget.
+
+    It also times training itself: from the first step to the end of training, less the time spent writing
+    checkpoints (from a step's end to the `on_save` that follows it), so that pairs/s is training throughput.
+    """
 
     def __init__(self, log: Callable[[str], None], batch_size: int, max_seconds: float, every_s: float = 15.0):
         self.log, self.batch_size, self.max_seconds, self.every_s = log, batch_size, max_seconds, every_s
         self.start = self.last_log = time.monotonic()
+        self.end: float | None = None
         self.first_step: int | None = None
+        self.last_step = 0
+        self.save_seconds = 0.0
+        self._step_ended_at: float | None = None
         self.curve: list[tuple[int, float]] = []
         self.stopped_by_budget = False
 
-    def pairs_per_second(self, step: int) -> float:
-        elapsed = time.monotonic() - self.start
-        return (step - (self.first_step or 0)) * self.batch_size / elapsed if elapsed > 0 else 0.0
+    def train_seconds(self) -> float:
+        """Seconds spent training so far: first step to the end of training (or now), checkpoint writes excluded."""
+        if self.first_step is None:
+            return 0.0
+        end = self.end if self.end is not None else time.monotonic()
+        return max(0.0, end - self.start - self.save_seconds)
+
+    def steps_trained(self) -> int:
+        """Optimizer steps taken in this run (a resumed run counts from the checkpoint it resumed)."""
+        return self.last_step - self.first_step if self.first_step is not None else 0
+
+    def pairs_per_second(self) -> float:
+        """Training throughput: pairs of the steps taken in this run over `train_seconds`."""
+        seconds = self.train_seconds()
+        return self.steps_trained() * self.batch_size / seconds if seconds > 0 else 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.first_step is None:
-            self.first_step = state.global_step
+            self.first_step = self.last_step = state.global_step
             self.start = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -81,7 +97,7 @@ class StageProgress(TrainerCallback):
         now = time.monotonic()
         if now - self.last_log >= self.every_s and self.curve:
             self.last_log = now
-            rate = self.pairs_per_second(state.global_step)
+            rate = self.pairs_per_second()
             remaining = (state.max_steps - state.global_step) * self.batch_size / rate if rate else float("nan")
             self.log(
                 f"step {state.global_step}/{state.max_steps}  loss {self.curve[-1][1]:.4f}  "
@@ -89,10 +105,21 @@ class StageProgress(TrainerCallback):
             )
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.start > self.max_seconds:
+        self.last_step = state.global_step
+        self._step_ended_at = time.monotonic()
+        if self._step_ended_at - self.start > self.max_seconds:
             self.stopped_by_budget = True
             control.should_training_stop = True
             control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        if self._step_ended_at is not None:
+            self.save_seconds += now - self._step_ended_at
+        self._step_ended_at = now  # a second save without a step between them counts from here
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.end = time.monotonic()
 
 
 @dataclass
@@ -103,8 +130,9 @@ class StageResult:
     steps: int
     resumed_from_step: int
     pairs_seen: int
-    pairs_per_second: float
-    wall_seconds: float
+    pairs_per_second: float  # training throughput: pairs of this run's steps / train_seconds
+    train_seconds: float  # first step to end of training, checkpoint writes excluded
+    wall_seconds: float  # the whole stage: loading, dev evaluation before and after, training, saves
     stopped_by_budget: bool
     loss_curve: list[tuple[int, float]]
     dev_before: dict[str, float]
@@ -196,6 +224,7 @@ def train_stage(
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     steps = trainer.state.global_step
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
+    train_seconds, pairs_per_second = progress.train_seconds(), progress.pairs_per_second()
     dev_after = headline(evaluator(model)) if evaluator else {}
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -207,7 +236,8 @@ def train_stage(
         steps=steps,
         resumed_from_step=resumed_from_step,
         pairs_seen=steps * recipe.batch_size,
-        pairs_per_second=progress.pairs_per_second(steps),
+        pairs_per_second=pairs_per_second,
+        train_seconds=train_seconds,
         wall_seconds=time.monotonic() - started,
         stopped_by_budget=progress.stopped_by_budget,
         loss_curve=progress.curve,

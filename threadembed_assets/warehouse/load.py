@@ -62,6 +62,8 @@ FROM checked LEFT JOIN first_of_duplicates ON checked.bad_reason IS NULL
 # Conversations: gold ids where present; otherwise the root of the reply chain (a reply to a gold message joins
 # that conversation); messages with no reply links form sessions split by silences within a channel. The chain
 # walk only visits messages without a gold id (and the gold messages they reply to), so gold data skips it.
+# Derived ids name a message, not a count: `chain:<root id>`, `gap:<id of the session's first message>` (in
+# (ts, row_ord) order), so a session keeps its id when data is added before it or `gap_minutes` changes elsewhere.
 # Positions and splits are computed on the keys; the text and the other columns join in at the end.
 _MESSAGES_SQL = f"""
 INSERT INTO messages
@@ -88,18 +90,22 @@ WITH RECURSIVE good AS (
     FROM good LEFT JOIN chains ON good.conversation_id IS NULL AND good.message_id = chains.message_id
 ), sessions AS (
     SELECT row_ord,
-        sum(CASE WHEN previous_ts IS NULL OR ts - previous_ts > to_seconds($gap_seconds) THEN 1 ELSE 0 END)
-            OVER (PARTITION BY channel ORDER BY ts, row_ord) AS session_no
+        first_value(message_id) OVER (PARTITION BY channel, session_no ORDER BY ts, row_ord) AS session_root
     FROM (
-        SELECT *, lag(ts) OVER (PARTITION BY channel ORDER BY ts, row_ord) AS previous_ts
-        FROM assigned WHERE conversation_method = 'time_gap'
+        SELECT row_ord, channel, message_id, ts,
+            sum(CASE WHEN previous_ts IS NULL OR ts - previous_ts > to_seconds($gap_seconds) THEN 1 ELSE 0 END)
+                OVER (PARTITION BY channel ORDER BY ts, row_ord) AS session_no
+        FROM (
+            SELECT *, lag(ts) OVER (PARTITION BY channel ORDER BY ts, row_ord) AS previous_ts
+            FROM assigned WHERE conversation_method = 'time_gap'
+        )
     )
 ), resolved AS (
     SELECT assigned.row_ord, assigned.ts, assigned.conversation_method,
         CASE assigned.conversation_method
             WHEN 'gold' THEN assigned.conversation_id
             WHEN 'reply_chain' THEN coalesce(assigned.root_conversation, 'chain:' || assigned.root_id)
-            ELSE 'gap:' || coalesce(assigned.channel, '') || ':' || sessions.session_no
+            ELSE 'gap:' || sessions.session_root
         END AS conversation_id
     FROM assigned LEFT JOIN sessions USING (row_ord)
 ), placed AS (
