@@ -97,7 +97,7 @@ def load_tasks() -> dict[str, list[Task]]:
 def published_models(models: ModelStore) -> dict[str, str]:
     """The base model and every training stage's `latest`."""
     found = {BASE_MODEL: models.base_model_path()}
-    found.update({stage: str(models.latest(stage)) for stage in STAGES if models.latest(stage)})
+    found.update({stage: str(latest) for stage in STAGES if (latest := models.latest(stage))})
     return found
 
 

@@ -31,18 +31,29 @@ def per_query(ranks: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def bootstrap_interval(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of per-query values and its bootstrap 95% interval over queries."""
-    if not len(values):
+def _resamples(n_values: int, n_bootstrap: int, seed: int) -> np.ndarray | None:
+    """Bootstrap resamples of query indices (None when there are no queries)."""
+    if not n_values:
+        return None
+    return np.random.default_rng(seed).integers(0, n_values, size=(n_bootstrap, n_values))
+
+
+def _interval(values: np.ndarray, resamples: np.ndarray | None) -> tuple[float, float, float]:
+    if resamples is None:
         return 0.0, 0.0, 0.0
-    resamples = np.random.default_rng(seed).integers(0, len(values), size=(n_bootstrap, len(values)))
     means = values[resamples].mean(axis=1)
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def bootstrap_interval(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-query values and its bootstrap 95% interval over queries."""
+    return _interval(values, _resamples(len(values), n_bootstrap, seed))
+
+
 def summarize(ranks: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
-    """Metric -> (mean, 95% CI low, 95% CI high) by bootstrap over queries (the same resamples for every metric)."""
-    return {name: bootstrap_interval(vector, n_bootstrap, seed) for name, vector in per_query(ranks).items()}
+    """Metric -> (mean, 95% CI low, 95% CI high) by bootstrap over queries (one set of resamples for every metric)."""
+    resamples = _resamples(len(ranks), n_bootstrap, seed)
+    return {name: _interval(vector, resamples) for name, vector in per_query(ranks).items()}
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, n_resamples: int = 5000, seed: int = 0) -> tuple[float, float]:

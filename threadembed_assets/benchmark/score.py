@@ -72,15 +72,17 @@ def mean_mrr(tasks: list[Task], scores: list[np.ndarray]) -> float:
 
 
 def tune_time_weight(
-    model, key: str, dev_tasks: list[Task], cache: EmbeddingCache, batch_size: int, scale_s: float
+    model, key: str, dev_tasks: list[Task], cache: EmbeddingCache, batch_size: int, priors: dict[int, np.ndarray]
 ) -> float:
-    """The time-prior weight with the best mean MRR@10 on dev tasks that have times."""
+    """The time-prior weight with the best mean MRR@10 on dev tasks that have times (`priors`: by task id)."""
     timed = [t for t in dev_tasks if t.has_times()]
     if not timed:
         return DEFAULT_TIME_WEIGHT
     dense = [dense_scores(*encode_task(model, key, t, cache, batch_size)) for t in timed]
-    priors = [time_prior(t, scale_s) for t in timed]
-    return max(TIME_WEIGHTS, key=lambda w: mean_mrr(timed, [d + w * p for d, p in zip(dense, priors, strict=True)]))
+    timed_priors = [priors[id(t)] for t in timed]
+    return max(
+        TIME_WEIGHTS, key=lambda w: mean_mrr(timed, [d + w * p for d, p in zip(dense, timed_priors, strict=True)])
+    )
 
 
 def leaked_queries(provenance: dict | None, tasks: list[Task]) -> int:
@@ -131,17 +133,16 @@ def score_model(
     device: str,
     batch_size: int,
     bm25: dict[int, np.ndarray],
+    priors: dict[int, np.ndarray],
     dev_tasks: list[Task] | None,
-    time_scale_s: float,
 ) -> tuple[list[Scored], float]:
     """Dense at every Matryoshka dimension; hybrid, time-aware (where times are known) and, on thread tasks, dense
-    over windows at full dimension."""
+    over windows at full dimension. `bm25` and the time `priors` (of test and dev tasks) are by task id: they do
+    not depend on the model."""
     model, key = load_model(path, device), model_key(path)
     provenance = read_provenance(path)
     dims = matryoshka_dims(model.get_embedding_dimension())
-    weight = (
-        tune_time_weight(model, key, dev_tasks, cache, batch_size, time_scale_s) if dev_tasks else DEFAULT_TIME_WEIGHT
-    )
+    weight = tune_time_weight(model, key, dev_tasks, cache, batch_size, priors) if dev_tasks else DEFAULT_TIME_WEIGHT
     results = []
     for task in tasks:
         setting = setting_of(provenance, task)
@@ -159,7 +160,7 @@ def score_model(
         fused = rrf_scores(full, bm25[id(task)], allowed=task.allowed())
         results.append(scored(name, "hybrid", dims[0], task, fused, setting=setting))
         if task.has_times():
-            timed = full + weight * time_prior(task, time_scale_s)
+            timed = full + weight * priors[id(task)]
             results.append(scored(name, "time_aware", dims[0], task, timed, setting=setting))
     return results, weight
 
@@ -179,6 +180,7 @@ def score_all(
     conversation. Returns the results and the time-prior weight chosen per model (tuned on `dev_tasks`)."""
     refuse_leaks(models, tasks)
     bm25 = {id(task): bm25_scores(task) for task in tasks}
+    priors = {id(task): time_prior(task, time_scale_s) for task in [*tasks, *(dev_tasks or [])] if task.has_times()}
     results = score_baselines(tasks, bm25)
     weights = {}
     for name, path in models.items():
@@ -190,8 +192,8 @@ def score_all(
             device=device,
             batch_size=batch_size,
             bm25=bm25,
+            priors=priors,
             dev_tasks=dev_tasks,
-            time_scale_s=time_scale_s,
         )
         results += model_results
         log(f"scored {name} ({path}) on {len(tasks)} tasks; time weight {weights[name]}")

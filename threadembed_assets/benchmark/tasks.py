@@ -216,25 +216,22 @@ class _Source:
     """One source's messages as the task builders read them."""
 
     name: str
-    lines: list[Line]
-    by_conversation: dict[str, list[Line]]
-    by_channel: dict[str | None, list[Line]]
-    conversations_of_channel: dict[str | None, dict[str, list[Line]]]
+    by_conversation: dict[str, list[Line]]  # in position order
+    by_channel: dict[str | None, list[Line]]  # in channel order
+    conversations_of_channel: dict[str | None, dict[str, list[Line]]]  # each conversation in channel order
 
     @classmethod
     def read(cls, con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> "_Source":
-        lines = _lines(con, source, platform)
         by_conversation: dict[str, list[Line]] = {}
         by_channel: dict[str | None, list[Line]] = {}
-        for line in lines:
+        conversations_of_channel: dict[str | None, dict[str, list[Line]]] = {}
+        for line in _lines(con, source, platform):
             by_conversation.setdefault(line.conversation_id, []).append(line)
             by_channel.setdefault(line.channel, []).append(line)
+            conversations_of_channel.setdefault(line.channel, {}).setdefault(line.conversation_id, []).append(line)
         for conversation in by_conversation.values():
             conversation.sort(key=lambda line: line.position)
-        conversations_of_channel: dict[str | None, dict[str, list[Line]]] = {}
-        for line in lines:
-            conversations_of_channel.setdefault(line.channel, {}).setdefault(line.conversation_id, []).append(line)
-        return cls(source, lines, by_conversation, by_channel, conversations_of_channel)
+        return cls(source, by_conversation, by_channel, conversations_of_channel)
 
     def next_of_others(self, line: Line, n: int) -> list[Line]:
         """The next `n` messages of `line`'s channel after it that belong to other conversations."""

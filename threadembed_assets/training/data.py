@@ -10,25 +10,27 @@ from datasets import Dataset
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
 from threadembed_assets.warehouse.schema import table_names
 
+# The conversations of a pair `p`: its own (`c`) and the one its negative comes from (`nc`,
+# meta.negative_conversation_id), for the platform filters below.
+PAIR_CONVERSATION_JOIN = "LEFT JOIN conversations c ON c.source = p.source AND c.conversation_id = p.conversation_id"
+NEGATIVE_CONVERSATION_JOIN = (
+    "LEFT JOIN conversations nc ON nc.source = p.source "
+    "AND nc.conversation_id = json_extract_string(p.meta, '$.negative_conversation_id')"
+)
 # A pair's conversation is on an allowed platform. With nothing excluded every pair passes (even one whose
 # conversation row is gone); with exclusions, a pair whose conversation's platform is unknown is left out too.
-_ALLOWED_CONVERSATION_SQL = "(len($excluded) = 0 OR coalesce(NOT list_contains($excluded, c.platform), false))"
-# The conversation a pair's negative comes from (meta.negative_conversation_id) is not on an excluded platform.
-_ALLOWED_NEGATIVE_SQL = "NOT coalesce(list_contains($excluded, nc.platform), false)"
+ALLOWED_CONVERSATION_SQL = "(len($excluded) = 0 OR coalesce(NOT list_contains($excluded, c.platform), false))"
+# The conversation a pair's negative comes from is not on an excluded platform.
+ALLOWED_NEGATIVE_SQL = "NOT coalesce(list_contains($excluded, nc.platform), false)"
 
 
 def _train_pairs_sql(table: str, columns: list[str], with_negative: bool) -> str:
     """SELECT `columns` of the train pairs of `table` (a STRATEGIES name, never user input) outside $excluded."""
-    negative_join = (
-        "LEFT JOIN conversations nc ON nc.source = p.source "
-        "AND nc.conversation_id = json_extract_string(p.meta, '$.negative_conversation_id')"
-    )
     return (
-        f"SELECT {', '.join(f'p.{column}' for column in columns)} FROM {table} p "
-        "LEFT JOIN conversations c ON c.source = p.source AND c.conversation_id = p.conversation_id "
-        + (negative_join if with_negative else "")
-        + f" WHERE p.split = 'train' AND {_ALLOWED_CONVERSATION_SQL}"
-        + (f" AND p.negative IS NOT NULL AND {_ALLOWED_NEGATIVE_SQL}" if with_negative else "")
+        f"SELECT {', '.join(f'p.{column}' for column in columns)} FROM {table} p {PAIR_CONVERSATION_JOIN} "
+        + (NEGATIVE_CONVERSATION_JOIN if with_negative else "")
+        + f" WHERE p.split = 'train' AND {ALLOWED_CONVERSATION_SQL}"
+        + (f" AND p.negative IS NOT NULL AND {ALLOWED_NEGATIVE_SQL}" if with_negative else "")
     )
 
 

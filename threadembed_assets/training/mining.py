@@ -11,6 +11,12 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
 
 from threadembed_assets.pairs.build import PAIR_COLUMNS, STRATEGIES, pair_table_ddl
+from threadembed_assets.training.data import (
+    ALLOWED_CONVERSATION_SQL,
+    ALLOWED_NEGATIVE_SQL,
+    NEGATIVE_CONVERSATION_JOIN,
+    PAIR_CONVERSATION_JOIN,
+)
 from threadembed_assets.warehouse.schema import transaction
 
 HARD_NEGATIVE_TABLE = "hard_negative_pairs"
@@ -40,14 +46,9 @@ def load_mining_rows(con: duckdb.DuckDBPyConnection, source: str, config: Mining
     such a conversation.
     """
     union = " UNION ALL ".join(
-        "SELECT p.strategy, p.split, p.anchor, p.positive, "
-        "CASE WHEN coalesce(list_contains($excluded, nc.platform), false) THEN NULL ELSE p.negative END, "
-        f"p.conversation_id, p.meta FROM {STRATEGIES[s]} p "
-        "LEFT JOIN conversations c ON c.source = p.source AND c.conversation_id = p.conversation_id "
-        "LEFT JOIN conversations nc ON nc.source = p.source "
-        "AND nc.conversation_id = json_extract_string(p.meta, '$.negative_conversation_id') "
-        "WHERE p.source = $source AND p.split = 'train' "
-        "AND (len($excluded) = 0 OR coalesce(NOT list_contains($excluded, c.platform), false))"
+        f"SELECT p.strategy, p.split, p.anchor, p.positive, CASE WHEN {ALLOWED_NEGATIVE_SQL} THEN p.negative END, "
+        f"p.conversation_id, p.meta FROM {STRATEGIES[s]} p {PAIR_CONVERSATION_JOIN} {NEGATIVE_CONVERSATION_JOIN} "
+        f"WHERE p.source = $source AND p.split = 'train' AND {ALLOWED_CONVERSATION_SQL}"
         for s in config.strategies
     )
     cursor = con.execute(
