@@ -1,7 +1,8 @@
 """`make eval`: the team's quality yardstick. Scores the base model, every training stage's
-`models/<stage>/latest` and the baselines (BM25, recency) on held-out real chat of two platforms, and prints one
-table with MRR@10, its bootstrap 95% interval and the paired verdict against BM25 and the base model on the same
-queries.
+`models/<stage>/latest`, the `chat_ranker` and the baselines (BM25, recency) on held-out real chat of two
+platforms, and prints one table with MRR@10, its bootstrap 95% interval and the paired verdicts against BM25,
+recency and the base model on the same queries (the ranker's also against its own model alone and that model's
+hand-tuned combinations).
 
     python bench/quality.py [--irc ../shared/data/irc/irc_dev.jsonl] [--slack ../shared/data/slack/X.xml]
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from threadembed_assets import settings
 from threadembed_assets.benchmark.__main__ import tasks_from_file
 from threadembed_assets.benchmark.assets import published_models
+from threadembed_assets.benchmark.ranker import CHAT_RANKER
 from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path
 from threadembed_assets.benchmark.score import TrainingLeak, refuse_leaks, score_all, verdict_rows
 from threadembed_assets.benchmark.tasks import TaskConfig
@@ -40,20 +42,33 @@ def fair_models(models: dict[str, str], tasks: list, dataset: str) -> dict[str, 
     return fair
 
 
+VERSUS_COLUMNS = {
+    "bm25": "vs BM25",
+    "recency": "vs recency",
+    "base": "vs base dense",
+    "dense": "vs its model, dense",
+    "time_aware": "vs its model, time_aware",
+    "hybrid": "vs its model, hybrid",
+}
+
+
 def format_table(rows: list[dict]) -> str:
-    """One markdown table: dataset, task, retriever, MRR@10 with interval, paired verdicts."""
+    """One markdown table: dataset, task, retriever, MRR@10 with interval, paired verdicts (the chat ranker's also
+    against its own model alone and the hand-tuned combinations of that model)."""
     lines = [
-        "| dataset | task | model | retriever | queries | MRR@10 (95% CI) | vs BM25 | vs base dense |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | task | model | retriever | queries | MRR@10 (95% CI) | "
+        + " | ".join(VERSUS_COLUMNS.values())
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(VERSUS_COLUMNS),
     ]
     for r in rows:
         versus = [
-            f"{r[f'vs_{b}']} ({r[f'vs_{b}_delta']:+.3f}, p={r[f'vs_{b}_p']:.3f})" if f"vs_{b}" in r else "-"
-            for b in ("bm25", "base")
+            f"{r[f'vs_{b}']} ({r[f'vs_{b}_delta']:+.3f}, p={r[f'vs_{b}_p']:.3f})" if r.get(f"vs_{b}") else "-"
+            for b in VERSUS_COLUMNS
         ]
         lines.append(
             f"| {r['dataset']} | {r['task']} | {r['model']} | {r['retriever']} | {r['queries']} | "
-            f"{r['mrr@10']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f}) | {versus[0]} | {versus[1]} |"
+            f"{r['mrr@10']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f}) | {' | '.join(versus)} |"
         )
     return "\n".join(lines)
 
@@ -73,8 +88,10 @@ def main() -> int:
     if missing:
         print(f"make eval skipped: {', '.join(missing)} not found (it needs ../shared beside the checkout)")
         return 0
-    models = published_models(ModelStore(root=str(args.models_dir)))
-    print(f"models: {json.dumps(models, indent=1)}", file=sys.stderr)
+    store = ModelStore(root=str(args.models_dir))
+    models = published_models(store)
+    ranker = store.latest(CHAT_RANKER)
+    print(f"models: {json.dumps(models, indent=1)}; chat_ranker: {ranker or 'not trained'}", file=sys.stderr)
     config = TaskConfig(max_queries=args.max_queries, held_out_platform="")
     cache = EmbeddingCache(default_cache_path())
     rows: list[dict] = []
@@ -82,12 +99,14 @@ def main() -> int:
         for dataset, path in datasets.items():
             started = time.perf_counter()
             tasks = [task for task in tasks_from_file(path, config) if not task.name.startswith("summary")]
+            fair = fair_models({**models, **({CHAT_RANKER: str(ranker)} if ranker else {})}, tasks, dataset)
             results, _ = score_all(
                 tasks,
-                fair_models(models, tasks, dataset),
+                {name: path for name, path in fair.items() if name != CHAT_RANKER},
                 cache,
                 device=args.device,
                 batch_size=64,
+                ranker_dir=fair.get(CHAT_RANKER),
                 log=lambda message: print(message, file=sys.stderr),
             )
             rows += [{"dataset": dataset, **row} for row in verdict_rows(results)]

@@ -15,7 +15,7 @@ from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
 from threadembed_assets.pairs.build import STRATEGIES
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.training.assets import STAGES
-from threadembed_assets.training.presets import BENCHMARK_QUERIES, MINING_ANCHORS
+from threadembed_assets.training.presets import BENCHMARK_QUERIES, MINING_ANCHORS, RANKER_QUERIES
 from threadembed_assets.warehouse.schema import table_names
 
 
@@ -34,6 +34,7 @@ def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.E
             "ops": {
                 **{stage: {"config": {"preset": preset}} for stage in STAGES},
                 "hard_negative_pairs": {"config": {"max_anchors": MINING_ANCHORS[preset]}},
+                "chat_ranker": {"config": {"max_queries": RANKER_QUERIES[preset]}},
                 "benchmark_tasks": {"config": {"max_queries": BENCHMARK_QUERIES[preset]}},
             },
         },
@@ -77,6 +78,15 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
             scores.append(
                 "benchmark_scores, MRR@10 (full dimension); queries from test-split conversations, candidates every "
                 "conversation and message of their channel:\n" + meta["mrr@10"].value
+            )
+        if name == "chat_ranker":
+            learners = meta["learners"].value
+            lines.append(
+                "chat_ranker: "
+                + ", ".join(
+                    f"{kind} {learners[kind]} dev MRR@10 {meta[f'dev_mrr@10_{kind}'].value}" for kind in learners
+                )
+                + f"  ({meta['path'].value})"
             )
         if name in STAGES:
             lines.append(

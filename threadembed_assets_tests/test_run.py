@@ -12,12 +12,14 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
         assert f"check {table}.pair_quality: passed" in out
     for stage in ["thread_model", "retrieval_model", "hard_negative_model"]:
         assert f"{stage}: " in out and "dev thread MRR@10" in out
+    assert "chat_ranker: thread " in out and "response_message " in out and "dev MRR@10" in out
     assert "benchmark_scores, MRR@10 (full dimension); queries from test-split conversations" in out
     table = out.split("benchmark_scores, MRR@10")[1]  # the run ends with the scores of base, baselines and stages
     for model, retriever in [
         ("base", "dense"),
         ("bm25", "bm25"),
         ("recency", "recency"),
+        ("chat_ranker", "chat_ranker"),
         *[(s, "dense") for s in STAGES],
     ]:
         assert f"| {model} | {retriever} |" in table

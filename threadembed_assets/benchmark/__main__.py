@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", required=True, type=Path, help="chat JSONL file, or a disentangled Slack XML file")
     parser.add_argument("--tasks", default=",".join(TASK_KINDS), help=f"comma list of {', '.join(TASK_KINDS)}")
+    parser.add_argument(
+        "--ranker", type=Path, help="a chat_ranker folder (e.g. models/chat_ranker/latest) to score too"
+    )
     parser.add_argument("--json", type=Path, help="write every score row and paired verdict here")
     parser.add_argument("--max-queries", type=int, default=500)
     parser.add_argument("--device", default="cpu")
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             cache,
             device=args.device,
             batch_size=args.batch_size,
+            ranker_dir=str(args.ranker) if args.ranker else None,
             log=lambda m: print(m, file=sys.stderr),
         )
     except ValueError as exc:

@@ -12,9 +12,19 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from threadembed_assets import settings
-from threadembed_assets.benchmark.retrievers import EmbeddingCache
+from threadembed_assets.benchmark.ranker import (
+    CHAT_RANKER,
+    LEARNERS,
+    RANKED_KINDS,
+    ChatRanker,
+    fit_ranker,
+    task_features,
+    text_signals,
+)
+from threadembed_assets.benchmark.retrievers import EmbeddingCache, bm25_scores, default_cache_path, model_key
 from threadembed_assets.benchmark.score import (
     BASE_MODEL,
+    VERSUS,
     Scored,
     TrainingLeak,
     comparison_table,
@@ -24,11 +34,14 @@ from threadembed_assets.benchmark.score import (
     score_rows,
     verdict_rows,
 )
-from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks
+from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks, task_kind
+from threadembed_assets.chat.features import FEATURES
 from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.training.assets import STAGES, hard_negative_model, retrieval_model, thread_model
 from threadembed_assets.training.resources import ComputeResource, ModelStore
+from threadembed_assets.training.train import load_model
 from threadembed_assets.warehouse.assets import connect, conversations, messages
+from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
 from threadembed_assets.warehouse.schema import transaction
 
 SCORES_COLUMNS = {
@@ -55,7 +68,7 @@ VERDICT_COLUMNS = {
     "ci_high": "DOUBLE",
     **{
         f"vs_{b}{part}": kind
-        for b in ("bm25", "base")
+        for b in VERSUS
         for part, kind in [("_delta", "DOUBLE"), ("_p", "DOUBLE"), ("", "VARCHAR")]
     },
 }
@@ -94,16 +107,142 @@ def load_tasks() -> dict[str, list[Task]]:
     return {split: [Task(**task) for task in tasks] for split, tasks in data.items()}
 
 
-def published_models(models: ModelStore) -> dict[str, str]:
-    """The base model and every training stage's `latest`."""
+def published_models(models: ModelStore, with_ranker: bool = False) -> dict[str, str]:
+    """The base model and every training stage's `latest` (and `chat_ranker`'s, when asked and published)."""
     found = {BASE_MODEL: models.base_model_path()}
     found.update({stage: str(latest) for stage in STAGES if (latest := models.latest(stage))})
+    if with_ranker and (ranker := models.latest(CHAT_RANKER)):
+        found[CHAT_RANKER] = str(ranker)
     return found
+
+
+class RankerConfig(TaskConfig):
+    """Run config of `chat_ranker`: how its train- and dev-split tasks are cut (as the benchmark's) and which
+    learners it tries."""
+
+    max_queries: int = Field(default=300, description="Queries per task, source and split to fit and choose on.")
+    held_out_platform: str = Field(default="", description="Unused: the ranker fits on every platform's tasks.")
+    learners: list[str] = Field(default=list(LEARNERS), description="Learners to fit per task; the best on dev wins.")
+
+
+def ranker_model(models: ModelStore) -> str:
+    """The model whose similarity the ranker reads: the last training stage that is published, else the base."""
+    published = published_models(models)
+    return next((published[stage] for stage in reversed(list(STAGES)) if stage in published), published[BASE_MODEL])
+
+
+def _ranker_metadata(ranker: ChatRanker, folder: Path, record: dict) -> dict:
+    weights = [
+        dg.TableRecord(
+            {
+                "task": kind,
+                "feature": name,
+                "weight": (card["weights"] or {}).get(name),
+                "dev_mrr_lost_when_shuffled": card["importance"].get(name),
+            }
+        )
+        for kind, card in ranker.card.items()
+        for name in [*FEATURES, *[n for n in (card["weights"] or {}) if n not in FEATURES]]
+    ]
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("task", "string"),
+            dg.TableColumn("feature", "string"),
+            dg.TableColumn("weight", "float", description="logistic weight per standardised feature"),
+            dg.TableColumn("dev_mrr_lost_when_shuffled", "float", description="permutation importance"),
+        ]
+    )
+    chart = base64.b64encode(importance_chart(ranker).encode()).decode()
+    return {
+        "path": dg.MetadataValue.path(str(folder)),
+        "text_model": dg.MetadataValue.path(ranker.model_path),
+        "learners": dg.MetadataValue.json({kind: card["learner"] for kind, card in ranker.card.items()}),
+        "weights": dg.MetadataValue.table(records=weights, schema=schema),
+        "importance_chart": dg.MetadataValue.md(f"![permutation importance](data:image/svg+xml;base64,{chart})"),
+        "card": dg.MetadataValue.json(ranker.card),
+        "trained_on_sources": dg.MetadataValue.json(record["sources"]),
+        "train_conversations": record["conversations"],
+        **{f"dev_mrr@10_{kind}": card["dev_mrr@10"][card["learner"]] or 0.0 for kind, card in ranker.card.items()},
+    }
+
+
+def importance_chart(ranker: ChatRanker) -> str:
+    """An SVG bar chart per task of the dev MRR@10 each feature is worth (permutation importance)."""
+    rows = [
+        (f"{kind} {name}", value) for kind, card in ranker.card.items() for name, value in card["importance"].items()
+    ]
+    top = max([abs(v) for _, v in rows] + [1e-9])
+    bars = "".join(
+        f'<text x="0" y="{16 * i + 12}" font-size="10">{label}</text>'
+        f'<rect x="260" y="{16 * i + 3}" width="{280 * max(value, 0) / top:.1f}" height="11" fill="#4f43dd"/>'
+        f'<text x="{265 + 280 * max(value, 0) / top:.1f}" y="{16 * i + 12}" font-size="10">{value:+.4f}</text>'
+        for i, (label, value) in enumerate(rows)
+    )
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="620" height="{16 * len(rows) + 8}">{bars}</svg>'
+
+
+@dg.asset(
+    group_name="training",
+    deps=[messages, conversations, thread_model, retrieval_model, hard_negative_model],
+    kinds={"scikitlearn"},
+    pool="gpu",
+)
+def chat_ranker(
+    context: dg.AssetExecutionContext,
+    config: RankerConfig,
+    warehouse: DuckDBResource,
+    compute: ComputeResource,
+    models: ModelStore,
+) -> dg.MaterializeResult:
+    """A learned combination of the latest model's similarity, BM25 and the chat signals (time gap, active span,
+    authors, mentions, reply links, size) per task: fitted on train-split thread and response tasks built like the
+    benchmark's, the learner (logistic regression or boosted trees) chosen on dev-split tasks, and published as
+    `models/chat_ranker/latest` with its feature list, weights and dev scores."""
+    model_path = ranker_model(models)
+    with connect(warehouse) as con:
+        splits = {split: all_tasks(con, [split], config) for split in ("train", "dev")}
+        learned = train_conversations(con, sorted({t.source for t in splits["train"]}))
+    by_split = {
+        split: [t for t in tasks if task_kind(t.name) in RANKED_KINDS and t.queries] for split, tasks in splits.items()
+    }
+    if not by_split["train"]:
+        raise dg.Failure(description="chat_ranker: no train-split thread or response tasks (conversations of 3+)")
+    model, key = load_model(model_path, compute.resolve_device()), model_key(model_path)
+    cache = EmbeddingCache(default_cache_path())
+    try:
+        features = {
+            split: [
+                task_features(t, text_signals(model, key, t, cache, compute.eval_batch_size, bm25_scores(t)))
+                for t in tasks
+            ]
+            for split, tasks in by_split.items()
+        }
+    finally:
+        cache.close()
+    try:
+        ranker = fit_ranker(
+            model_path, features["train"], features["dev"], tuple(config.learners), config.seed, context.log.info
+        )
+    except ValueError as exc:
+        raise dg.Failure(description=f"chat_ranker: {exc}") from None
+    folder = models.asset_dir(CHAT_RANKER) / context.run_id
+    ranker.save(folder)
+    record = write_provenance(folder, learned, [], read_provenance(model_path))
+    models.publish(CHAT_RANKER, folder)
+    return dg.MaterializeResult(metadata=_ranker_metadata(ranker, folder, record))
 
 
 @dg.asset(
     group_name="benchmark",
-    deps=[messages, conversations, conversation_summaries, thread_model, retrieval_model, hard_negative_model],
+    deps=[
+        messages,
+        conversations,
+        conversation_summaries,
+        thread_model,
+        retrieval_model,
+        hard_negative_model,
+        chat_ranker,
+    ],
     kinds={"duckdb"},
 )
 def benchmark_tasks(
@@ -117,7 +256,7 @@ def benchmark_tasks(
     with connect(warehouse) as con:
         by_split = {"test": all_tasks(con, ["test"], config), "dev": all_tasks(con, ["dev"], config)}
     try:
-        refuse_leaks(published_models(models), by_split["test"])
+        refuse_leaks(published_models(models, with_ranker=True), by_split["test"])
     except TrainingLeak as exc:
         raise dg.Failure(description=str(exc)) from None
     path = tasks_path()
@@ -168,7 +307,7 @@ def svg_bar_chart(results: list[Scored], task: str) -> str:
 
 @dg.asset(
     group_name="benchmark",
-    deps=[benchmark_tasks, thread_model, retrieval_model, hard_negative_model],
+    deps=[benchmark_tasks, thread_model, retrieval_model, hard_negative_model, chat_ranker],
     kinds={"duckdb", "pytorch"},
     pool="gpu",
 )
@@ -184,7 +323,7 @@ def benchmark_scores(
     tuned on dev) and BM25, per task and source. Corpus embeddings are cached per (model, text hash)."""
     tasks = load_tasks()
     candidates = {**published_models(models), **{name: name for name in config.extra_models}}
-    cache = EmbeddingCache(settings.data_dir() / "cache" / "embeddings.duckdb")
+    cache = EmbeddingCache(default_cache_path())
     try:
         results, weights = score_all(
             tasks["test"],
@@ -194,6 +333,7 @@ def benchmark_scores(
             batch_size=compute.eval_batch_size,
             dev_tasks=tasks["dev"],
             time_scale_s=config.time_scale_minutes * 60,
+            ranker_dir=str(ranker) if (ranker := models.latest(CHAT_RANKER)) else None,
             log=context.log.info,
         )
         hits, misses = cache.hits, cache.misses
@@ -224,4 +364,4 @@ def benchmark_scores(
     )
 
 
-BENCHMARK_ASSETS = [benchmark_tasks, benchmark_scores]
+BENCHMARK_ASSETS = [chat_ranker, benchmark_tasks, benchmark_scores]

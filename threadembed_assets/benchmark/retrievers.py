@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from threadembed_assets.benchmark.tasks import Task
+from threadembed_assets.chat.features import nearest_gaps as chat_nearest_gaps
 
 RRF_K = 60
 WINDOW_LINES = 4  # a document's windows for `windowed_scores`: this many rendered lines...
@@ -92,12 +93,17 @@ def line_windows(docs: list[str]) -> tuple[list[str], np.ndarray]:
     return windows, np.array(owners, dtype=np.int64)
 
 
+def best_window_scores(window_scores: np.ndarray, owners: np.ndarray, n_docs: int) -> np.ndarray:
+    """(queries x documents) similarity of each document's best-matching window (`line_windows`)."""
+    best = np.full((window_scores.shape[0], n_docs), -np.inf)
+    np.maximum.at(best.T, owners, window_scores.T)
+    return best
+
+
 def windowed_scores(doc_scores: np.ndarray, window_scores: np.ndarray, owners: np.ndarray) -> np.ndarray:
     """Each document's similarity to the query plus that of its best-matching window: a one-line query about one
     moment of a long conversation is found by the window around that moment as well as by the whole."""
-    best = np.full_like(doc_scores, -np.inf)
-    np.maximum.at(best.T, owners, window_scores.T)
-    return doc_scores + best
+    return doc_scores + best_window_scores(window_scores, owners, doc_scores.shape[1])
 
 
 def bm25_scores(task: Task) -> np.ndarray:
@@ -120,41 +126,16 @@ def rrf_scores(*score_matrices: np.ndarray, allowed: np.ndarray | None = None) -
     return fused
 
 
-def nearest_gaps(task: Task, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(seconds, messages) from each query's moment to the nearest message of each document in the same channel.
-
-    Both are inf for a document of another channel; seconds are inf where a time is unknown. Only what the task
-    lets a retriever know enters: a thread query's own message is not part of its conversation's times.
-    """
-    n_queries, n_docs = len(task.queries), len(task.docs)
-    seconds = np.full((n_queries, n_docs), np.inf)
-    messages = np.full((n_queries, n_docs), np.inf)
-    if not n_queries or not task.has_time_context():
-        return seconds, messages
-    channels = {name: code for code, name in enumerate(dict.fromkeys([*task.doc_channel, *task.query_channel]))}
-    same_channel = (
-        np.array([channels[c] for c in task.query_channel])[:, None]
-        == np.array([channels[c] for c in task.doc_channel])[None, :]
+def nearest_gaps(task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, messages) from each query's moment to the nearest message of each document in the same channel
+    (`chat.features.nearest_gaps`; inf without a time context). Only what the task lets a retriever know enters: a
+    thread query's own message is not part of its conversation's times."""
+    if not task.queries or not task.has_time_context():
+        shape = (len(task.queries), len(task.docs))
+        return np.full(shape, np.inf), np.full(shape, np.inf)
+    return chat_nearest_gaps(
+        task.query_channel, task.query_ts, task.query_order, task.doc_channel, task.doc_times, task.doc_orders
     )
-    query_ts = np.array([np.nan if t is None else t for t in task.query_ts], dtype=np.float64)
-    query_order = np.array(task.query_order, dtype=np.float64)
-    for values, points, out in [
-        (task.doc_orders, query_order, messages),
-        (task.doc_times, query_ts, seconds),
-    ]:
-        lengths = np.array([len(v) for v in values])
-        has = lengths > 0
-        if not has.any():
-            continue
-        flat = np.concatenate([np.asarray(v, dtype=np.float64) for v in values if v])
-        offsets = np.concatenate([[0], np.cumsum(lengths[has])[:-1]])
-        for start in range(0, n_queries, chunk):
-            gaps = np.abs(flat[None, :] - points[start : start + chunk, None])
-            nearest = np.minimum.reduceat(gaps, offsets, axis=1)
-            out[start : start + chunk, has] = np.where(np.isnan(nearest), np.inf, nearest)
-    seconds[~same_channel] = np.inf
-    messages[~same_channel] = np.inf
-    return seconds, messages
 
 
 def recency_scores(task: Task) -> np.ndarray:

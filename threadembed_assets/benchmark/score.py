@@ -2,6 +2,7 @@
 bootstrap intervals, and paired verdicts against BM25 and the base model on the same queries."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from threadembed_assets.benchmark.metrics import (
     summarize,
     verdict,
 )
+from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, task_features, text_signals
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     bm25_scores,
@@ -50,6 +52,7 @@ class Scored:
     ranks: np.ndarray
     setting: str | None = None  # `transfer` / `in-domain` for a trained model on a `<task>@<platform>` task
     full_dim: bool = True  # False for the truncated Matryoshka dimensions
+    text_model: str | None = None  # the chat ranker: the scored model whose similarity it reads
 
     def mrr(self) -> np.ndarray:
         return per_query(self.ranks)["mrr@10"]
@@ -174,10 +177,19 @@ def score_all(
     batch_size: int,
     dev_tasks: list[Task] | None = None,
     time_scale_s: float = 3600.0,
+    ranker_dir: str | None = None,
     log=print,
 ) -> tuple[list[Scored], dict[str, float]]:
-    """The baselines and every model on `tasks`; refuses (`TrainingLeak`) a model that learned from a query's
-    conversation. Returns the results and the time-prior weight chosen per model (tuned on `dev_tasks`)."""
+    """The baselines, every model and (with `ranker_dir`) the chat ranker on `tasks`; refuses (`TrainingLeak`) a model
+    or ranker that learned from a query's conversation. Returns the results and the time-prior weight chosen per
+    model (tuned on `dev_tasks`). The ranker's own model is scored too (under the name it has in `models`, else
+    `chat_ranker_model`), so that the ranker is compared with the model alone on the same queries."""
+    ranker = ChatRanker.load(ranker_dir) if ranker_dir else None
+    if ranker is not None:
+        models = {**models}
+        text_model = _name_of(models, ranker.model_path) or "chat_ranker_model"
+        models.setdefault(text_model, ranker.model_path)
+        refuse_leaks({CHAT_RANKER: ranker_dir}, tasks)
     refuse_leaks(models, tasks)
     bm25 = {id(task): bm25_scores(task) for task in tasks}
     priors = {id(task): time_prior(task, time_scale_s) for task in [*tasks, *(dev_tasks or [])] if task.has_times()}
@@ -197,7 +209,43 @@ def score_all(
         )
         results += model_results
         log(f"scored {name} ({path}) on {len(tasks)} tasks; time weight {weights[name]}")
+    if ranker is not None:
+        results += score_ranker(ranker, ranker_dir, text_model, tasks, cache, device, batch_size, bm25)
+        log(f"scored {CHAT_RANKER} ({ranker_dir}, text signals of {text_model})")
     return results, weights
+
+
+def _name_of(models: dict[str, str], path: str) -> str | None:
+    """The name under which `models` holds the model at `path` (paths compared resolved), or None."""
+    wanted = Path(path).resolve()
+    return next((name for name, other in models.items() if Path(other).resolve() == wanted), None)
+
+
+def score_ranker(
+    ranker: ChatRanker,
+    ranker_dir: str,
+    text_model: str,
+    tasks: list[Task],
+    cache: EmbeddingCache,
+    device: str,
+    batch_size: int,
+    bm25: dict[int, np.ndarray],
+) -> list[Scored]:
+    """The chat ranker on every task of a kind it ranks, reading the similarity of its own model."""
+    model, key = load_model(ranker.model_path, device), model_key(ranker.model_path)
+    provenance = read_provenance(ranker_dir)
+    results = []
+    for task in tasks:
+        if not ranker.ranks(task_kind(task.name)):
+            continue
+        features = task_features(task, text_signals(model, key, task, cache, batch_size, bm25[id(task)]))
+        setting = setting_of(provenance, task)
+        results.append(
+            scored(
+                CHAT_RANKER, CHAT_RANKER, None, task, ranker.scores(features), setting=setting, text_model=text_model
+            )
+        )
+    return results
 
 
 def score_rows(results: list[Scored], n_bootstrap: int = 1000) -> list[dict]:
@@ -233,16 +281,25 @@ class Cell:
         return bootstrap_interval(self.mrr, n_bootstrap)
 
 
+VERSUS = ("bm25", "recency", "base", "dense", "time_aware", "hybrid")  # the last three: the ranker's own model
+
+
 def comparison_table(results: list[Scored]) -> dict[tuple[str, str], dict[str, Cell]]:
-    """(model, retriever) -> task -> Cell at full dimension, each compared with BM25 and the base model's dense
-    retrieval on the same queries (paired randomization test)."""
+    """(model, retriever) -> task -> Cell at full dimension, each compared on the same queries (paired randomization
+    test) with BM25, recency and the base model's dense retrieval, and the chat ranker also with its own model's
+    dense, time-aware and hybrid retrieval (the model alone and the hand-tuned combinations)."""
     grouped: dict[tuple[str, str], dict[str, list[Scored]]] = {}
+    text_models = {}
     for r in results:
         if r.full_dim:
             grouped.setdefault((r.model, r.retriever), {}).setdefault(r.task.name, []).append(r)
-    baselines = {"bm25": ("bm25", "bm25"), "base": (BASE_MODEL, "dense")}
+            if r.text_model:
+                text_models[(r.model, r.retriever)] = r.text_model
     table: dict[tuple[str, str], dict[str, Cell]] = {}
     for key, by_task in grouped.items():
+        baselines = {"bm25": ("bm25", "bm25"), "recency": ("recency", "recency"), "base": (BASE_MODEL, "dense")}
+        if key in text_models:
+            baselines.update({name: (text_models[key], name) for name in ("dense", "time_aware", "hybrid")})
         for task, parts in by_task.items():
             mrr = np.concatenate([p.mrr() for p in parts])
             versus = {}

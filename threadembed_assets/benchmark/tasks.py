@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 from pydantic import Field
 
+from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
 from threadembed_assets.warehouse.provenance import conversation_key
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
 from threadembed_assets.warehouse.schema import table_names
@@ -84,6 +85,18 @@ class Task:
     doc_channel: list[str | None] | None = None
     doc_times: list[list[float]] | None = None
     doc_orders: list[list[int]] | None = None
+    # Who and what each query and document is made of, for the chat features (see `chat.features`): authors
+    # (normalised; a document's per message, aligned with `doc_orders`), the names they mention, their message ids and
+    # the ids they reply to (only where the platform has native replies: `query_replies_known`).
+    query_authors: list[list[str]] | None = None
+    query_mentions: list[list[str]] | None = None
+    query_message_ids: list[list[str]] | None = None
+    query_reply_to: list[list[str]] | None = None
+    query_replies_known: list[bool] | None = None
+    doc_authors: list[list[str]] | None = None
+    doc_mentions: list[list[str]] | None = None
+    doc_message_ids: list[list[str]] | None = None
+    doc_reply_to: list[list[str]] | None = None
 
     def allowed(self) -> np.ndarray | None:
         """Boolean (queries x docs) mask of the candidates, or None when every document is a candidate."""
@@ -115,7 +128,11 @@ class Line(NamedTuple):
     text: str  # rendered `author: text`
     message_id: str
     split: str
+    platform: str
+    author: str  # normalised (`normalize_name`); "" when unknown
+    reply_to: str | None  # only where the platform has native replies
     order: int  # place in the channel, over every split
+    mentions: tuple[str, ...]  # authors of the channel that the message names
 
 
 def _lines(con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> list[Line]:
@@ -123,14 +140,22 @@ def _lines(con: duckdb.DuckDBPyConnection, source: str, platform: str | None) ->
     shorter ids first, so numbered ids (IRC lines, Discord snowflakes) keep their order."""
     rows = con.execute(
         f"""
-        SELECT m.conversation_id, m.position, m.channel, epoch(m.ts), {RENDER_MESSAGE_SQL}, m.message_id, c.split
+        SELECT m.conversation_id, m.position, m.channel, epoch(m.ts), {RENDER_MESSAGE_SQL}, m.message_id, c.split,
+            c.platform, coalesce(m.author, ''), CASE WHEN list_contains($native, c.platform) THEN m.reply_to END, m.text
         FROM messages m JOIN conversations c USING (source, conversation_id)
         WHERE m.source = $source AND ($platform IS NULL OR c.platform = $platform)
         ORDER BY m.channel, m.ts, length(m.message_id), m.message_id
         """,
-        {"source": source, "platform": platform},
+        {"source": source, "platform": platform, "native": sorted(NATIVE_REPLY_PLATFORMS)},
     ).fetchall()
-    return [Line(*row, order) for order, row in enumerate(rows)]
+    authors: dict[str | None, set[str]] = {}
+    for row in rows:
+        authors.setdefault(row[2], set()).add(normalize_name(row[8]))
+    lines = []
+    for order, (*head, author, reply_to, text) in enumerate(rows):
+        mentions = tuple(mentioned_names(text, authors[head[2]], author))
+        lines.append(Line(*head, normalize_name(author), reply_to, order, mentions))
+    return lines
 
 
 def _pick(data: "_Source", eligible: list[str], n: int, seed: int) -> list[str]:
@@ -162,6 +187,7 @@ class _Corpus:
         self.channels: list[str | None] = []
         self.times: list[list[float]] = []
         self.orders: list[list[int]] = []
+        self.people = _People()
 
     def add(self, doc_id: str, lines: list[Line]) -> int:
         if doc_id not in self.index:
@@ -171,7 +197,21 @@ class _Corpus:
             self.channels.append(lines[0].channel)
             self.times.append([line.ts for line in lines if line.ts is not None])
             self.orders.append([line.order for line in lines])
+            self.people.add(lines)
         return self.index[doc_id]
+
+
+class _People:
+    """Authors (one per message), mentions, message ids and native reply links of queries or documents."""
+
+    def __init__(self):
+        self.authors, self.mentions, self.message_ids, self.reply_to = [], [], [], []
+
+    def add(self, lines: list[Line]) -> None:
+        self.authors.append([line.author for line in lines])
+        self.mentions.append(sorted({name for line in lines for name in line.mentions}))
+        self.message_ids.append([line.message_id for line in lines])
+        self.reply_to.append([line.reply_to for line in lines if line.reply_to])
 
 
 class _Queries:
@@ -179,10 +219,15 @@ class _Queries:
 
     def __init__(self):
         self.texts, self.relevant, self.candidates, self.conversations, self.keys = [], [], [], [], []
-        self.channels, self.times, self.orders = [], [], []
+        self.channels, self.times, self.orders, self.replies_known = [], [], [], []
+        self.people = _People()
 
-    def add(self, text: str, at: Line, relevant: int, candidates: list[int] | None, cid: str, key: str) -> None:
-        self.texts.append(text)
+    def add(
+        self, lines: list[Line], relevant: int, candidates: list[int] | None, cid: str, key: str, native: bool
+    ) -> None:
+        """A query made of `lines` (asked at the last of them), with whether its platform has native replies."""
+        at = lines[-1]
+        self.texts.append("\n".join(line.text for line in lines))
         self.relevant.append(relevant)
         self.candidates.append(candidates)
         self.conversations.append(cid)
@@ -190,6 +235,8 @@ class _Queries:
         self.channels.append(at.channel)
         self.times.append(at.ts)
         self.orders.append(at.order)
+        self.replies_known.append(native)
+        self.people.add(lines)
 
     def task(self, name: str, source: str, corpus: _Corpus) -> Task:
         return Task(
@@ -208,6 +255,15 @@ class _Queries:
             doc_channel=corpus.channels,
             doc_times=corpus.times,
             doc_orders=corpus.orders,
+            query_authors=self.people.authors,
+            query_mentions=self.people.mentions,
+            query_message_ids=self.people.message_ids,
+            query_reply_to=self.people.reply_to,
+            query_replies_known=self.replies_known,
+            doc_authors=corpus.people.authors,
+            doc_mentions=corpus.people.mentions,
+            doc_message_ids=corpus.people.message_ids,
+            doc_reply_to=corpus.people.reply_to,
         )
 
 
@@ -246,6 +302,10 @@ class _Source:
 
     def key(self, cid: str) -> str:
         return conversation_key(self.by_conversation[cid][0].message_id)
+
+    def native_replies(self, cid: str) -> bool:
+        """True when the conversation's platform has native reply links."""
+        return self.by_conversation[cid][0].platform in NATIVE_REPLY_PLATFORMS
 
 
 def build_tasks(
@@ -286,7 +346,7 @@ def _thread_task(data: _Source, picked: list[str], config: TaskConfig, suffix: s
         if not any(other_cid == cid and _near(kept, query.ts, window_s) for other_cid, kept in candidates):
             continue  # its own conversation is not active near it: no fair candidate set
         indices = [corpus.add(other_cid, kept) for other_cid, kept in candidates]
-        queries.add(query.text, query, corpus.index[cid], indices, cid, data.key(cid))
+        queries.add([query], corpus.index[cid], indices, cid, data.key(cid), data.native_replies(cid))
     return queries.task("thread" + suffix, data.name, corpus)
 
 
@@ -314,9 +374,9 @@ def _response_tasks(data: _Source, picked: list[str], config: TaskConfig, suffix
         others = data.next_of_others(prefix[-1], config.candidates - 1)
         if not others:
             continue
-        text, key = "\n".join(line.text for line in prefix), data.key(cid)
+        key, native = data.key(cid), data.native_replies(cid)
         candidates = [messages.add(line.message_id, [line]) for line in [answer, *others]]
-        message_queries.add(text, prefix[-1], candidates[0], candidates, cid, key)
+        message_queries.add(prefix, candidates[0], candidates, cid, key, native)
         starts = [answer, *others]
         candidates = [
             windows.add(
@@ -325,7 +385,7 @@ def _response_tasks(data: _Source, picked: list[str], config: TaskConfig, suffix
             )
             for line in starts
         ]
-        window_queries.add(text, prefix[-1], candidates[0], list(dict.fromkeys(candidates)), cid, key)
+        window_queries.add(prefix, candidates[0], list(dict.fromkeys(candidates)), cid, key, native)
     return [
         message_queries.task("response_message" + suffix, data.name, messages),
         window_queries.task("response_window" + suffix, data.name, windows),

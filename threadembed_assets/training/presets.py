@@ -50,6 +50,9 @@ MINING_ANCHORS = {"smoke": 64, "cpu": 3000, "gpu": 200_000}
 # `make eval` measures with more.
 BENCHMARK_QUERIES = {"smoke": 20, "cpu": 30, "gpu": 500}
 
+# Train- and dev-split queries per task that `chat_ranker` fits and chooses its learners on, by preset.
+RANKER_QUERIES = {"smoke": 20, "cpu": 300, "gpu": 2000}
+
 
 class TrainConfig(dg.Config):
     """Run config of a training asset: a preset, and optional overrides of its budgets."""

@@ -1,0 +1,125 @@
+"""The chat ranker: learns from train tasks to combine the model, BM25 and chat signals better than any of them, keeps
+what it learned across a save and load, ranks where chat signals are missing, and is scored by the benchmark with
+paired verdicts against the model alone and the hand-tuned combinations."""
+
+import datetime as dt
+import json
+import random
+
+import numpy as np
+import pytest
+
+from threadembed_assets.benchmark.__main__ import tasks_from_file
+from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, fit_ranker, task_features, text_signals
+from threadembed_assets.benchmark.retrievers import EmbeddingCache, bm25_scores, model_key, recency_scores
+from threadembed_assets.benchmark.score import score_all, verdict_rows
+from threadembed_assets.benchmark.tasks import TaskConfig
+from threadembed_assets.chat.features import FEATURES
+from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.train import load_model
+
+TOPICS = ["grub", "wifi", "docker", "nvidia"]
+NAMES = [f"user{i}" for i in range(16)]
+
+
+def write_interleaved_chat(path, seed: int, n_conversations: int = 48, with_context: bool = True) -> None:
+    """Conversations of two people each, six messages four minutes apart, a new one every five minutes, so about
+    five run at once; four topics share their words, so text alone confuses conversations of one topic, while who
+    talks, whom they address and when tell them apart. Without context: no timestamps and no authors."""
+    rng = random.Random(seed)
+    origin = dt.datetime(2021, 3, 1, 12)
+    rows = []
+    for c in range(n_conversations):
+        people = [NAMES[(2 * c) % len(NAMES)], NAMES[(2 * c + 1) % len(NAMES)]]
+        topic = TOPICS[rng.randrange(len(TOPICS))]
+        for i in range(6):
+            speaker, other = people[i % 2], people[1 - i % 2]
+            words = rng.sample(["it", "still", "fails", "after", "update", "try", "again", "works", "now"], 3)
+            when = origin + dt.timedelta(minutes=5 * c + 4 * i, seconds=rng.randrange(30))
+            rows.append(
+                {
+                    "source": "irc_test",
+                    "channel": "#help",
+                    "message_id": f"{c}-{i}",
+                    "conversation_id": f"c{c}",
+                    "reply_to": None,
+                    "timestamp": when.isoformat() if with_context else None,
+                    "author": speaker if with_context else None,
+                    "text": f"{other}: {topic} {' '.join(words)}" if with_context else f"{topic} {' '.join(words)}",
+                }
+            )
+    rows.sort(key=lambda r: (r["timestamp"] or "", r["message_id"]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def base():
+    path = ModelStore().base_model_path()
+    return path, load_model(path, "cpu")
+
+
+def features_of(path, model_path, model, cache):
+    tasks = [t for t in tasks_from_file(path, TaskConfig(held_out_platform="")) if not t.name.startswith("summary")]
+    key = model_key(model_path)
+    return [task_features(t, text_signals(model, key, t, cache, 32, bm25_scores(t))) for t in tasks]
+
+
+def test_the_ranker_beats_every_single_signal_on_chat_it_did_not_fit(workdir, base):
+    model_path, model = base
+    cache = EmbeddingCache(workdir / "cache.duckdb")
+    sets = {}
+    for name, seed in [("train", 1), ("dev", 2), ("test", 3)]:
+        write_interleaved_chat(workdir / f"{name}.jsonl", seed)
+        sets[name] = features_of(workdir / f"{name}.jsonl", model_path, model, cache)
+    ranker = fit_ranker(model_path, sets["train"], sets["dev"], log=lambda m: None)
+    assert set(ranker.learners) == {"thread", "response_message", "response_window"}
+    for kind, card in ranker.card.items():
+        assert card["learner"] in ("logistic", "boosted") and set(card["importance"]) == set(FEATURES), kind
+        assert card["weights"] is not None and "dense" in card["weights"]
+    for features in sets["test"]:
+        if not ranker.ranks(features.task.name):
+            continue
+        ranked = features.mrr(ranker.learners[features.task.name].decision(features.values)).mean()
+        singles = {
+            "bm25": features.mrr(features.values[:, FEATURES.index("bm25")]).mean(),
+            "dense": features.mrr(features.values[:, FEATURES.index("dense")]).mean(),
+            "recency": features.mrr(recency_scores(features.task)[features.qi, features.di]).mean(),
+        }
+        if features.task.name == "thread":  # text alone confuses conversations of one topic
+            assert all(ranked > value + 0.05 for value in singles.values()), (ranked, singles)
+        else:  # the prefix's names already find the answer by text
+            assert ranked >= max(singles.values()) - 0.02, (features.task.name, ranked, singles)
+
+    ranker.save(workdir / "ranker")
+    loaded = ChatRanker.load(workdir / "ranker")
+    thread = next(f for f in sets["test"] if f.task.name == "thread")
+    assert np.array_equal(loaded.scores(thread), ranker.scores(thread))
+    assert loaded.card["thread"]["learner"] == ranker.card["thread"]["learner"]
+
+    # Without timestamps or authors the chat signals are missing, not zeros: it still ranks, by the text signals.
+    write_interleaved_chat(workdir / "bare.jsonl", 4, with_context=False)
+    bare = next(f for f in features_of(workdir / "bare.jsonl", model_path, model, cache) if f.task.name == "thread")
+    cache.close()
+    assert np.isnan(bare.values[:, FEATURES.index("author_participates")]).all()
+    scores = loaded.scores(bare)
+    assert np.isfinite(scores[bare.qi, bare.di]).all()
+    text_only = max(bare.mrr(bare.values[:, FEATURES.index(name)]).mean() for name in ("dense", "bm25"))
+    assert bare.mrr(scores[bare.qi, bare.di]).mean() >= text_only - 0.1
+
+
+def test_the_benchmark_scores_the_ranker_against_its_model_and_the_baselines(workdir, base):
+    model_path, model = base
+    cache = EmbeddingCache(workdir / "cache.duckdb")
+    write_interleaved_chat(workdir / "train.jsonl", 1, n_conversations=24)
+    train = features_of(workdir / "train.jsonl", model_path, model, cache)
+    fit_ranker(model_path, train, [], learners=("logistic",), log=lambda m: None).save(workdir / "ranker")
+    write_interleaved_chat(workdir / "test.jsonl", 3, n_conversations=24)
+    tasks = [t for t in tasks_from_file(workdir / "test.jsonl", TaskConfig(held_out_platform="")) if t.name == "thread"]
+    results, _ = score_all(
+        tasks, {"base": model_path}, cache, device="cpu", batch_size=32, ranker_dir=str(workdir / "ranker")
+    )
+    cache.close()
+    row = next(r for r in verdict_rows(results, 100) if r["model"] == CHAT_RANKER)
+    assert row["task"] == "thread" and row["queries"] == len(tasks[0].queries)
+    for versus in ("bm25", "recency", "base", "dense", "time_aware", "hybrid"):
+        assert row[f"vs_{versus}"] in ("win", "tie", "loss") and 0 < row[f"vs_{versus}_p"] <= 1, versus
