@@ -43,6 +43,7 @@ def hand_task(replies_known: bool = True, query_author: str = "ann") -> Task:
         query_channel=["#a"],
         query_ts=[10 * hour],
         query_order=[10],
+        query_orders=[[10]],
         query_authors=[[query_author] if query_author else [""]],
         query_mentions=[["bob"]],
         query_message_ids=[["q1"]],
@@ -90,6 +91,15 @@ def test_each_feature_on_a_hand_built_case():
     assert np.isnan([f[name][4] for name in ("author_participates", "same_speaker", "query_mentions_candidate")]).all()
 
 
+def test_interleaving_of_the_query_and_density_of_the_candidate():
+    f = features_of(hand_task())
+    assert np.isnan(f["query_interleave"]).all()  # one message: nothing between
+    assert f["candidate_density"][[0, 4]].tolist() == [0.1, 1.0] and np.isnan(f["candidate_density"][1:4]).all()
+    prefix = hand_task()
+    prefix.query_orders = [[3, 5, 10]]  # 1 and 4 other messages between its three
+    assert features_of(prefix)["query_interleave"] == pytest.approx(np.log1p(2.5))
+
+
 def test_the_speaker_before_the_query_is_the_last_earlier_message_of_the_candidate():
     task = hand_task(query_author="bob")  # bob wrote d0's message at order 5, ann the one at 15 (after the query)
     assert features_of(task)["same_speaker"][0] == 1.0
@@ -102,7 +112,7 @@ def test_missing_signals_are_missing_not_zero():
     task = Task(name="summary_x", source="s", queries=["q"], docs=["a", "b"], doc_ids=["a", "b"], relevant=[0])
     text_only = features_of(task, dense=np.array([[0.3, 0.1]]), bm25=np.array([[1.0, 0.0]]))
     assert text_only["dense"].tolist() == [0.3, 0.1]
-    for name in FEATURES[5:15]:  # the time and people signals
+    for name in FEATURES[5:17]:  # the time and people signals
         assert np.isnan(text_only[name]).all(), name
 
 

@@ -40,3 +40,7 @@ def test_asset_groups():
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["messages"] == groups["conversations"] == "warehouse"
     assert all(groups[f"raw_{source}"] == "raw" for source in DESIGN_SOURCES)
+    assert groups["chat_ranker"] == groups["hard_negative_model"] == "training"
+    upstream_of_ranker = {key.to_user_string() for key in graph.get(dg.AssetKey("chat_ranker")).parent_keys}
+    assert "hard_negative_model" in upstream_of_ranker
+    assert "chat_ranker" in {key.to_user_string() for key in graph.get(dg.AssetKey("benchmark_scores")).parent_keys}

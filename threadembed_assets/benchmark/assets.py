@@ -209,14 +209,13 @@ def chat_ranker(
         raise dg.Failure(description="chat_ranker: no train-split thread or response tasks (conversations of 3+)")
     model, key = load_model(model_path, compute.resolve_device()), model_key(model_path)
     cache = EmbeddingCache(default_cache_path())
+    features: dict[str, list] = {split: [] for split in by_split}
     try:
-        features = {
-            split: [
-                task_features(t, text_signals(model, key, t, cache, compute.eval_batch_size, bm25_scores(t)))
-                for t in tasks
-            ]
-            for split, tasks in by_split.items()
-        }
+        for split, tasks in by_split.items():
+            for t in tasks:
+                signals = text_signals(model, key, t, cache, compute.eval_batch_size, bm25_scores(t))
+                features[split].append(task_features(t, signals))
+                context.log.info(f"chat_ranker: {split} {t.name} of {t.source}: {len(features[split][-1].qi)} pairs")
     finally:
         cache.close()
     try:

@@ -88,6 +88,7 @@ class Task:
     # Who and what each query and document is made of, for the chat features (see `chat.features`): authors
     # (normalised; a document's per message, aligned with `doc_orders`), the names they mention, their message ids and
     # the ids they reply to (only where the platform has native replies: `query_replies_known`).
+    query_orders: list[list[int]] | None = None  # channel order of each of a query's messages
     query_authors: list[list[str]] | None = None
     query_mentions: list[list[str]] | None = None
     query_message_ids: list[list[str]] | None = None
@@ -219,7 +220,7 @@ class _Queries:
 
     def __init__(self):
         self.texts, self.relevant, self.candidates, self.conversations, self.keys = [], [], [], [], []
-        self.channels, self.times, self.orders, self.replies_known = [], [], [], []
+        self.channels, self.times, self.orders, self.replies_known, self.all_orders = [], [], [], [], []
         self.people = _People()
 
     def add(
@@ -236,6 +237,7 @@ class _Queries:
         self.times.append(at.ts)
         self.orders.append(at.order)
         self.replies_known.append(native)
+        self.all_orders.append([line.order for line in lines])
         self.people.add(lines)
 
     def task(self, name: str, source: str, corpus: _Corpus) -> Task:
@@ -255,6 +257,7 @@ class _Queries:
             doc_channel=corpus.channels,
             doc_times=corpus.times,
             doc_orders=corpus.orders,
+            query_orders=self.all_orders,
             query_authors=self.people.authors,
             query_mentions=self.people.mentions,
             query_message_ids=self.people.message_ids,

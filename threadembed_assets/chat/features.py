@@ -16,6 +16,8 @@ authors, mentions or links (the task builder leaves it out), and nothing of a ca
 | `gap_rank` | log(1 + place) of the candidate among the query's candidates by that time gap (0: the nearest) |
 | `inside_span` | the query's moment falls between the candidate's first and last message |
 | `ended_before` | the candidate's last message is before the query's moment |
+| `query_interleave` | log(1 + other messages between consecutive messages of a several-message query): how interleaved its channel is |
+| `candidate_density` | the share of the channel's messages within the candidate's span that are the candidate's |
 | `author_participates` | an author of the query wrote in the candidate |
 | `same_speaker` | the candidate's last message before the query's moment is by the query's last author |
 | `query_mentions_candidate` | the query names an author of the candidate (`nick:` addressing, `<@...>`, `@name`) |
@@ -47,6 +49,8 @@ FEATURES = (
     "gap_rank",
     "inside_span",
     "ended_before",
+    "query_interleave",
+    "candidate_density",
     "author_participates",
     "same_speaker",
     "query_mentions_candidate",
@@ -90,6 +94,7 @@ class ChatContext(Protocol):
     query_channel: list[str | None]
     query_ts: list[float | None]
     query_order: list[int]
+    query_orders: list[list[int]]
     query_authors: list[list[str]]
     query_mentions: list[list[str]]
     query_message_ids: list[list[str]]
@@ -192,6 +197,24 @@ def _rank_within_query(values: np.ndarray, qi: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _interleave(orders: Sequence[Sequence[int]]) -> np.ndarray:
+    """log(1 + mean other messages between consecutive messages) per item of several messages, else NaN."""
+    values = np.full(len(orders), np.nan)
+    for index, items in enumerate(orders):
+        if len(items) > 1:
+            values[index] = np.log1p(np.mean(np.diff(np.sort(items)) - 1))
+    return values
+
+
+def _density(orders: Sequence[Sequence[int]]) -> np.ndarray:
+    """(messages - 1) / (channel positions spanned - 1) per item of several messages, else NaN."""
+    values = np.full(len(orders), np.nan)
+    for index, items in enumerate(orders):
+        if len(items) > 1 and max(items) > min(items):
+            values[index] = (len(items) - 1) / (max(items) - min(items))
+    return values
+
+
 def _spans(values: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
     first = np.array([min(v) if len(v) else np.nan for v in values], dtype=np.float64)
     last = np.array([max(v) if len(v) else np.nan for v in values], dtype=np.float64)
@@ -249,6 +272,8 @@ def pair_features(
     known = same & np.isfinite(first)
     put("inside_span", np.where(known, (first <= point) & (point <= last), np.nan))
     put("ended_before", np.where(known, last < point, np.nan))
+    put("query_interleave", _interleave(task.query_orders)[qi])
+    put("candidate_density", _density(task.doc_orders)[di])
     _people_features(task, qi, di, put)
     return out
 
