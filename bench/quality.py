@@ -23,8 +23,9 @@ from threadembed_assets.benchmark.__main__ import tasks_from_file
 from threadembed_assets.benchmark.assets import published_models
 from threadembed_assets.benchmark.ranker import CHAT_RANKER
 from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path
-from threadembed_assets.benchmark.score import TrainingLeak, refuse_leaks, score_all, verdict_rows
+from threadembed_assets.benchmark.score import BASE_MODEL, TrainingLeak, refuse_leaks, score_all, verdict_rows
 from threadembed_assets.benchmark.tasks import TaskConfig
+from threadembed_assets.training.assets import STAGES
 from threadembed_assets.training.resources import ModelStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -80,6 +81,9 @@ def main() -> int:
     parser.add_argument("--slack", type=Path, default=SHARED / "slack" / "elmlang-general-2019.xml")
     parser.add_argument("--max-queries", type=int, default=300, help="queries per task and dataset")
     parser.add_argument("--models-dir", type=Path, default=settings.models_dir())
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="comma list of the training stages to score (default: all)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
@@ -89,7 +93,8 @@ def main() -> int:
         print(f"make eval skipped: {', '.join(missing)} not found (it needs ../shared beside the checkout)")
         return 0
     store = ModelStore(root=str(args.models_dir))
-    models = published_models(store)
+    wanted = {BASE_MODEL, *args.stages.split(",")}
+    models = {name: path for name, path in published_models(store).items() if name in wanted}
     ranker = store.latest(CHAT_RANKER)
     print(f"models: {json.dumps(models, indent=1)}; chat_ranker: {ranker or 'not trained'}", file=sys.stderr)
     config = TaskConfig(max_queries=args.max_queries, held_out_platform="")

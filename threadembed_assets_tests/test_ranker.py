@@ -123,3 +123,60 @@ def test_the_benchmark_scores_the_ranker_against_its_model_and_the_baselines(wor
     assert row["task"] == "thread" and row["queries"] == len(tasks[0].queries)
     for versus in ("bm25", "recency", "base", "dense", "time_aware", "hybrid"):
         assert row[f"vs_{versus}"] in ("win", "tie", "loss") and 0 < row[f"vs_{versus}_p"] <= 1, versus
+
+
+def write_two_platforms(path, seed: int) -> None:
+    """IRC conversations told apart by their words while time tells nothing (their messages are spread at random
+    over the day), and Slack conversations told apart by time alone (one after another) while words mislead (a
+    thread query, the middle message, speaks the words of the next conversation)."""
+    rng = random.Random(seed)
+    origin = dt.datetime(2021, 3, 1, 8)
+    rows = []
+    for c in range(30):
+        for i in range(5):
+            irc_when = origin + dt.timedelta(minutes=rng.randrange(600))
+            slack_when = origin + dt.timedelta(minutes=12 * c + 2 * i)
+            words = " ".join(rng.sample(["it", "still", "fails", "after", "update", "try", "again", "works"], 3))
+            for source, channel, when, text in [
+                ("irc_test", "#irc", irc_when, f"zork{c} quux{c} {words}"),
+                ("slack_test", "#slack", slack_when, f"zork{c + (i == 2)} {words}"),
+            ]:
+                rows.append(
+                    {
+                        "source": source,
+                        "channel": channel,
+                        "message_id": f"{source}-{c}-{i}",
+                        "conversation_id": f"{source}-c{c}",
+                        "reply_to": None,
+                        "timestamp": when.isoformat(),
+                        "author": f"{source}-user{rng.randrange(40)}",
+                        "text": text,
+                    }
+                )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_platform_with_its_own_train_split_gets_its_own_learner_where_dev_says_it_pays(workdir, base):
+    model_path, model = base
+    cache = EmbeddingCache(workdir / "cache.duckdb")
+    sets = {}
+    for name, seed in [("train", 1), ("dev", 2)]:
+        write_two_platforms(workdir / f"{name}.jsonl", seed)
+        sets[name] = [
+            f for f in features_of(workdir / f"{name}.jsonl", model_path, model, cache) if f.task.name == "thread"
+        ]
+    cache.close()
+    assert set(sets["train"][0].query_platforms()) == {"irc", "slack"}
+    ranker = fit_ranker(
+        model_path, sets["train"], sets["dev"], learners=("logistic",), min_platform_queries=10, log=lambda m: None
+    )
+    platforms = ranker.card["thread"]["platforms"]
+    assert set(platforms) == {"irc", "slack"}
+    for platform, entry in platforms.items():
+        assert entry["kept"] == (f"thread@{platform}" in ranker.learners)
+        assert entry["kept"] == (entry["dev_mrr@10"] > entry["dev_mrr@10_of_every_platform_learner"])
+    assert any(entry["kept"] for entry in platforms.values()), platforms
+    dev = sets["dev"][0]
+    per_query = dev.mrr(ranker.scores(dev)[dev.qi, dev.di])
+    every = dev.mrr(ranker.learners["thread"].decision(dev.values))
+    assert per_query.mean() > every.mean()  # each platform ranked by its own learner does better on dev

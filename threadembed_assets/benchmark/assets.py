@@ -171,14 +171,18 @@ def importance_chart(ranker: ChatRanker) -> str:
     rows = [
         (f"{kind} {name}", value) for kind, card in ranker.card.items() for name, value in card["importance"].items()
     ]
-    top = max([abs(v) for _, v in rows] + [1e-9])
+    return svg_bars(rows, scale=max([abs(v) for _, v in rows] + [1e-9]), number="+.4f")
+
+
+def svg_bars(rows: list[tuple[str, float]], scale: float = 1.0, number: str = ".3f") -> str:
+    """A small SVG chart: one labelled bar per row, as long as its value over `scale` (negative values: none)."""
     bars = "".join(
-        f'<text x="0" y="{16 * i + 12}" font-size="10">{label}</text>'
-        f'<rect x="260" y="{16 * i + 3}" width="{280 * max(value, 0) / top:.1f}" height="11" fill="#4f43dd"/>'
-        f'<text x="{265 + 280 * max(value, 0) / top:.1f}" y="{16 * i + 12}" font-size="10">{value:+.4f}</text>'
+        f'<text x="0" y="{18 * i + 13}" font-size="11">{label}</text>'
+        f'<rect x="260" y="{18 * i + 3}" width="{300 * max(value, 0) / scale:.1f}" height="13" fill="#4f43dd"/>'
+        f'<text x="{265 + 300 * max(value, 0) / scale:.1f}" y="{18 * i + 13}" font-size="11">{value:{number}}</text>'
         for i, (label, value) in enumerate(rows)
     )
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="620" height="{16 * len(rows) + 8}">{bars}</svg>'
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="640" height="{18 * len(rows) + 8}">{bars}</svg>'
 
 
 @dg.asset(
@@ -295,13 +299,7 @@ def svg_bar_chart(results: list[Scored], task: str) -> str:
         ),
         key=lambda item: -item[1],
     )
-    bars = "".join(
-        f'<text x="0" y="{20 * i + 14}" font-size="11">{label}</text>'
-        f'<rect x="230" y="{20 * i + 3}" width="{300 * value:.1f}" height="14" fill="#4f43dd"/>'
-        f'<text x="{235 + 300 * value:.1f}" y="{20 * i + 14}" font-size="11">{value:.3f}</text>'
-        for i, (label, value) in enumerate(values)
-    )
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="600" height="{20 * len(values) + 10}">{bars}</svg>'
+    return svg_bars(values)
 
 
 @dg.asset(

@@ -55,6 +55,10 @@ class Features:
         counts = np.bincount(self.qi, minlength=len(self.task.queries))
         return 1.0 / counts[self.qi]
 
+    def query_platforms(self) -> np.ndarray:
+        """The platform of each query ("" where the task does not say)."""
+        return np.array(self.task.query_platform or [""] * len(self.task.queries), dtype=object)
+
     def score_matrix(self, pair_scores: np.ndarray) -> np.ndarray:
         """A (queries x documents) matrix of the pair scores, -inf where a document is not a candidate."""
         matrix = np.full((len(self.task.queries), len(self.task.docs)), -np.inf)
@@ -110,11 +114,13 @@ def _new_learner(name: str, seed: int):
     raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
 
 
-def _stack(sets: list[Features]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stack(sets: list[Features], platform: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature rows, labels and weights of every pair (of queries of `platform` only, unless None)."""
+    keep = [np.ones(len(s.qi), dtype=bool) if platform is None else s.query_platforms()[s.qi] == platform for s in sets]
     return (
-        np.vstack([s.values for s in sets]),
-        np.concatenate([s.labels() for s in sets]),
-        np.concatenate([s.weights() for s in sets]),
+        np.vstack([s.values[k] for s, k in zip(sets, keep, strict=True)]),
+        np.concatenate([s.labels()[k] for s, k in zip(sets, keep, strict=True)]),
+        np.concatenate([s.weights()[k] for s, k in zip(sets, keep, strict=True)]),
     )
 
 
@@ -141,9 +147,14 @@ def fit_learner(name: str, values: np.ndarray, labels: np.ndarray, weights: np.n
     return FittedLearner(name, estimator, columns)
 
 
-def mean_mrr(learner: FittedLearner, sets: list[Features]) -> float:
-    """MRR@10 over every query of `sets` when `learner` ranks their candidates."""
-    values = [s.mrr(learner.decision(s.values)) for s in sets if len(s.task.queries)]
+def mean_mrr(learner: FittedLearner, sets: list[Features], platform: str | None = None) -> float:
+    """MRR@10 over every query of `sets` (of `platform` only, unless None) when `learner` ranks their candidates."""
+    values = [
+        s.mrr(learner.decision(s.values))[slice(None) if platform is None else s.query_platforms() == platform]
+        for s in sets
+        if len(s.task.queries)
+    ]
+    values = [v for v in values if len(v)]
     return float(np.concatenate(values).mean()) if values else 0.0
 
 
@@ -175,19 +186,27 @@ def logistic_weights(learner: FittedLearner) -> dict[str, float] | None:
 
 @dataclass
 class ChatRanker:
-    """One fitted learner per task kind, the model whose similarity it reads, and what was measured."""
+    """One fitted learner per task kind (`thread`), and per task kind and platform (`thread@slack`) where that
+    platform's own train split beat the learner of every platform on its dev split; the model whose similarity it
+    reads, and what was measured."""
 
     model_path: str
-    learners: dict[str, FittedLearner]  # by task kind
+    learners: dict[str, FittedLearner]
     card: dict = field(default_factory=dict)  # per kind: learner, weights, importances, dev and train scores
 
     def ranks(self, kind: str) -> bool:
         return kind in self.learners
 
     def scores(self, features: Features) -> np.ndarray:
-        """(queries x documents) ranker scores of a task's candidates (-inf elsewhere)."""
-        learner = self.learners[task_kind(features.task.name)]
-        return features.score_matrix(learner.decision(features.values))
+        """(queries x documents) ranker scores of a task's candidates (-inf elsewhere): each query is ranked by the
+        learner of its platform where there is one, else by the learner of every platform."""
+        kind = task_kind(features.task.name)
+        decision = self.learners[kind].decision(features.values)
+        platforms = features.query_platforms()[features.qi]
+        for key, learner in self.learners.items():
+            if key.startswith(f"{kind}@") and (rows := platforms == key.split("@", 1)[1]).any():
+                decision[rows] = learner.decision(features.values[rows])
+        return features.score_matrix(decision)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -207,31 +226,45 @@ class ChatRanker:
         return cls(stored["model_path"], stored["learners"], {k: v for k, v in card.items() if k in RANKED_KINDS})
 
 
+def _fit_best(
+    train_sets: list[Features], dev_sets: list[Features], learners: tuple[str, ...], seed: int, platform: str | None
+) -> tuple[str, dict[str, tuple[FittedLearner, float | None]]] | None:
+    """Every learner fitted on the pairs (of `platform`'s queries, unless None), and the name of the best on dev."""
+    values, labels, weights = _stack(train_sets, platform)
+    if not len(labels) or labels.min() == labels.max():
+        return None
+    fitted = {}
+    for name in learners:
+        learner = fit_learner(name, values, labels, weights, seed)
+        fitted[name] = (learner, mean_mrr(learner, dev_sets, platform) if dev_sets else None)
+    return max(fitted, key=lambda name: fitted[name][1] or 0.0), fitted
+
+
+def _queries_of(sets: list[Features], platform: str) -> int:
+    return sum(int((s.query_platforms() == platform).sum()) for s in sets)
+
+
 def fit_ranker(
     model_path: str,
     train: list[Features],
     dev: list[Features],
     learners: tuple[str, ...] = LEARNERS,
     seed: int = 0,
+    min_platform_queries: int = 100,
     log=print,
 ) -> ChatRanker:
-    """Fit every learner per task kind on the `train` features and keep the one with the best dev MRR@10."""
+    """Fit every learner per task kind on the `train` features and keep the one with the best dev MRR@10; where the
+    train split holds several platforms, fit a platform's own learner too (with `min_platform_queries` train
+    queries of it) and keep it where it beats the learner of every platform on that platform's dev queries."""
     chosen, card = {}, {}
     for kind in RANKED_KINDS:
         train_sets = [s for s in train if task_kind(s.task.name) == kind and len(s.qi)]
         dev_sets = [s for s in dev if task_kind(s.task.name) == kind and len(s.qi)]
-        if not train_sets:
+        found = _fit_best(train_sets, dev_sets, learners, seed, None) if train_sets else None
+        if found is None:
             continue
-        values, labels, weights = _stack(train_sets)
-        if labels.min() == labels.max():
-            continue
-        fitted = {}
-        for name in learners:
-            learner = fit_learner(name, values, labels, weights, seed)
-            fitted[name] = (learner, mean_mrr(learner, dev_sets) if dev_sets else None)
-        best = max(fitted, key=lambda name: fitted[name][1] or 0.0)
-        learner = fitted[best][0]
-        chosen[kind] = learner
+        best, fitted = found
+        learner = chosen[kind] = fitted[best][0]
         card[kind] = {
             "learner": best,
             "dev_mrr@10": {name: _rounded(score) for name, (_, score) in fitted.items()},
@@ -240,11 +273,32 @@ def fit_ranker(
             "dev_queries": sum(len(s.task.queries) for s in dev_sets),
             "weights": logistic_weights(fitted["logistic"][0]) if "logistic" in fitted else None,
             "importance": permutation_importance(learner, dev_sets or train_sets, seed),
+            "platforms": {},
         }
         log(
             f"chat_ranker {kind}: {best} (dev MRR@10 {card[kind]['dev_mrr@10']}), "
             f"{card[kind]['train_queries']} train queries"
         )
+        platforms = sorted({p for s in train_sets for p in s.query_platforms()} - {""})
+        for platform in platforms if len(platforms) > 1 else []:
+            if _queries_of(train_sets, platform) < min_platform_queries or not _queries_of(dev_sets, platform):
+                continue
+            found = _fit_best(train_sets, dev_sets, learners, seed, platform)
+            if found is None:
+                continue
+            own, own_fitted = found
+            own_score, every_score = own_fitted[own][1] or 0.0, mean_mrr(learner, dev_sets, platform)
+            kept = own_score > every_score
+            if kept:
+                chosen[f"{kind}@{platform}"] = own_fitted[own][0]
+            card[kind]["platforms"][platform] = {
+                "learner": own,
+                "dev_mrr@10": round(own_score, 4),
+                "dev_mrr@10_of_every_platform_learner": round(every_score, 4),
+                "kept": kept,
+                "train_queries": _queries_of(train_sets, platform),
+            }
+            log(f"chat_ranker {kind}@{platform}: {own} dev MRR@10 {own_score:.4f} vs {every_score:.4f}; kept: {kept}")
     return ChatRanker(model_path, chosen, card)
 
 

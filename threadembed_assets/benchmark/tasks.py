@@ -88,6 +88,7 @@ class Task:
     # Who and what each query and document is made of, for the chat features (see `chat.features`): authors
     # (normalised; a document's per message, aligned with `doc_orders`), the names they mention, their message ids and
     # the ids they reply to (only where the platform has native replies: `query_replies_known`).
+    query_platform: list[str] | None = None
     query_orders: list[list[int]] | None = None  # channel order of each of a query's messages
     query_authors: list[list[str]] | None = None
     query_mentions: list[list[str]] | None = None
@@ -221,12 +222,11 @@ class _Queries:
     def __init__(self):
         self.texts, self.relevant, self.candidates, self.conversations, self.keys = [], [], [], [], []
         self.channels, self.times, self.orders, self.replies_known, self.all_orders = [], [], [], [], []
+        self.platforms = []
         self.people = _People()
 
-    def add(
-        self, lines: list[Line], relevant: int, candidates: list[int] | None, cid: str, key: str, native: bool
-    ) -> None:
-        """A query made of `lines` (asked at the last of them), with whether its platform has native replies."""
+    def add(self, lines: list[Line], relevant: int, candidates: list[int] | None, cid: str, key: str) -> None:
+        """A query made of `lines`, asked at the last of them."""
         at = lines[-1]
         self.texts.append("\n".join(line.text for line in lines))
         self.relevant.append(relevant)
@@ -236,8 +236,9 @@ class _Queries:
         self.channels.append(at.channel)
         self.times.append(at.ts)
         self.orders.append(at.order)
-        self.replies_known.append(native)
+        self.replies_known.append(at.platform in NATIVE_REPLY_PLATFORMS)
         self.all_orders.append([line.order for line in lines])
+        self.platforms.append(at.platform)
         self.people.add(lines)
 
     def task(self, name: str, source: str, corpus: _Corpus) -> Task:
@@ -257,6 +258,7 @@ class _Queries:
             doc_channel=corpus.channels,
             doc_times=corpus.times,
             doc_orders=corpus.orders,
+            query_platform=self.platforms,
             query_orders=self.all_orders,
             query_authors=self.people.authors,
             query_mentions=self.people.mentions,
@@ -306,10 +308,6 @@ class _Source:
     def key(self, cid: str) -> str:
         return conversation_key(self.by_conversation[cid][0].message_id)
 
-    def native_replies(self, cid: str) -> bool:
-        """True when the conversation's platform has native reply links."""
-        return self.by_conversation[cid][0].platform in NATIVE_REPLY_PLATFORMS
-
 
 def build_tasks(
     con: duckdb.DuckDBPyConnection,
@@ -349,7 +347,7 @@ def _thread_task(data: _Source, picked: list[str], config: TaskConfig, suffix: s
         if not any(other_cid == cid and _near(kept, query.ts, window_s) for other_cid, kept in candidates):
             continue  # its own conversation is not active near it: no fair candidate set
         indices = [corpus.add(other_cid, kept) for other_cid, kept in candidates]
-        queries.add([query], corpus.index[cid], indices, cid, data.key(cid), data.native_replies(cid))
+        queries.add([query], corpus.index[cid], indices, cid, data.key(cid))
     return queries.task("thread" + suffix, data.name, corpus)
 
 
@@ -377,9 +375,9 @@ def _response_tasks(data: _Source, picked: list[str], config: TaskConfig, suffix
         others = data.next_of_others(prefix[-1], config.candidates - 1)
         if not others:
             continue
-        key, native = data.key(cid), data.native_replies(cid)
+        key = data.key(cid)
         candidates = [messages.add(line.message_id, [line]) for line in [answer, *others]]
-        message_queries.add(prefix, candidates[0], candidates, cid, key, native)
+        message_queries.add(prefix, candidates[0], candidates, cid, key)
         starts = [answer, *others]
         candidates = [
             windows.add(
@@ -388,7 +386,7 @@ def _response_tasks(data: _Source, picked: list[str], config: TaskConfig, suffix
             )
             for line in starts
         ]
-        window_queries.add(prefix, candidates[0], list(dict.fromkeys(candidates)), cid, key, native)
+        window_queries.add(prefix, candidates[0], list(dict.fromkeys(candidates)), cid, key)
     return [
         message_queries.task("response_message" + suffix, data.name, messages),
         window_queries.task("response_window" + suffix, data.name, windows),

@@ -16,7 +16,7 @@ authors, mentions or links (the task builder leaves it out), and nothing of a ca
 | `gap_rank` | log(1 + place) of the candidate among the query's candidates by that time gap (0: the nearest) |
 | `inside_span` | the query's moment falls between the candidate's first and last message |
 | `ended_before` | the candidate's last message is before the query's moment |
-| `query_interleave` | log(1 + other messages between consecutive messages of a several-message query): how interleaved its channel is |
+| `query_interleave` | log(1 + other messages between consecutive messages of a several-message query) |
 | `candidate_density` | the share of the channel's messages within the candidate's span that are the candidate's |
 | `author_participates` | an author of the query wrote in the candidate |
 | `same_speaker` | the candidate's last message before the query's moment is by the query's last author |
