@@ -180,3 +180,12 @@ def test_a_platform_with_its_own_train_split_gets_its_own_learner_where_dev_says
     per_query = dev.mrr(ranker.scores(dev)[dev.qi, dev.di])
     every = dev.mrr(ranker.learners["thread"].decision(dev.values))
     assert per_query.mean() > every.mean()  # each platform ranked by its own learner does better on dev
+
+
+def test_a_saved_ranker_finds_its_model_after_the_models_folder_moves(tmp_path):
+    (tmp_path / "models" / "hard_negative_model" / "run-1").mkdir(parents=True)
+    model = tmp_path / "models" / "hard_negative_model" / "run-1"
+    ChatRanker(str(model), {}).save(tmp_path / "models" / CHAT_RANKER / "run-2")
+    (tmp_path / "models").rename(tmp_path / "mounted")
+    loaded = ChatRanker.load(tmp_path / "mounted" / CHAT_RANKER / "run-2")
+    assert loaded.model_path == str((tmp_path / "mounted" / "hard_negative_model" / "run-1").resolve())

@@ -10,6 +10,7 @@ another's: a row weighs 1 / (number of candidates of its query).
 """
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,8 +210,14 @@ class ChatRanker:
         return features.score_matrix(decision)
 
     def save(self, folder: Path) -> None:
+        """`ranker.joblib` and `ranker.json` in `folder`; the model is also found relative to it, so a models
+        folder that moves (a container's `/models`) keeps its ranker working."""
         folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"model_path": self.model_path, "learners": self.learners}, folder / RANKER_FILE)
+        relative = os.path.relpath(Path(self.model_path).resolve(), folder.resolve())
+        joblib.dump(
+            {"model_path": self.model_path, "model_relative": relative, "learners": self.learners},
+            folder / RANKER_FILE,
+        )
         (folder / RANKER_CARD).write_text(
             json.dumps({"model_path": self.model_path, "features": FEATURES, **self.card}, indent=1)
         )
@@ -223,7 +230,10 @@ class ChatRanker:
         card = json.loads((folder / RANKER_CARD).read_text())
         if tuple(card.get("features", ())) != FEATURES:
             raise ValueError(f"{folder} was fitted on other features ({card.get('features')}); refit chat_ranker")
-        return cls(stored["model_path"], stored["learners"], {k: v for k, v in card.items() if k in RANKED_KINDS})
+        model_path = stored["model_path"]
+        if not Path(model_path).exists() and (folder / stored["model_relative"]).exists():
+            model_path = str((folder / stored["model_relative"]).resolve())
+        return cls(model_path, stored["learners"], {k: v for k, v in card.items() if k in RANKED_KINDS})
 
 
 def _fit_best(

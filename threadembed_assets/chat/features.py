@@ -244,8 +244,9 @@ def pair_features(
     put("bm25", np.log1p(np.maximum(raw_bm25, 0)))
     best = _per_query_max(raw_bm25, qi)
     put("bm25_rel", np.divide(raw_bm25, best, out=np.zeros(len(qi)), where=best > 0))
-    put("log_messages", np.log1p([len(task.doc_orders[d]) if task.doc_orders else 1 for d in di]))
-    put("log_chars", np.log1p([len(task.docs[d]) for d in di]))
+    sizes = [len(orders) for orders in task.doc_orders] if task.doc_orders else [1] * len(task.docs)
+    put("log_messages", np.log1p(np.array(sizes, dtype=np.float64))[di])
+    put("log_chars", np.log1p(np.array([len(doc) for doc in task.docs], dtype=np.float64))[di])
     if task.query_order is None:
         return out  # no chat context at all (summaries, dialogue corpora without channels): text signals only
     seconds, messages = nearest_gaps(
