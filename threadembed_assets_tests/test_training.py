@@ -266,7 +266,7 @@ from threadembed_assets.definitions import ASSETS, build_resources
 dg.materialize(
     ASSETS, selection=dg.AssetSelection.assets("thread_model"), resources=build_resources(),
     run_config={"ops": {"thread_model": {"config": {
-        "preset": "smoke", "max_steps": 40, "save_steps": 4, "max_pairs": 400}}}},
+        "preset": "smoke", "max_steps": 40, "save_steps": 4, "max_pairs": 400, "max_minutes": 30}}}},
 )
 """
 
@@ -295,7 +295,10 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(workdir, warehouse_d
         warehouse_db,
         only=["thread_model"],
         run_config={
-            "thread_model": {"config": {"preset": "smoke", "max_steps": 40, "save_steps": 4, "max_pairs": 400}}
+            # The step budget, not the wall clock, ends it however busy the machine is (same recipe as the killed run).
+            "thread_model": {
+                "config": {"preset": "smoke", "max_steps": 40, "save_steps": 4, "max_pairs": 400, "max_minutes": 30}
+            }
         },
     )
     assert relaunch.success
