@@ -123,6 +123,11 @@ class RankerConfig(TaskConfig):
     max_queries: int = Field(default=300, description="Queries per task, source and split to fit and choose on.")
     held_out_platform: str = Field(default="", description="Unused: the ranker fits on every platform's tasks.")
     learners: list[str] = Field(default=list(LEARNERS), description="Learners to fit per task; the best on dev wins.")
+    min_platform_queries: int = Field(
+        default=100,
+        description="A platform with this many train queries of a task (in a train split of several platforms) also "
+        "gets learners of its own, kept where they beat the shared learner on its dev queries.",
+    )
 
 
 def ranker_model(models: ModelStore) -> str:
@@ -224,7 +229,13 @@ def chat_ranker(
         cache.close()
     try:
         ranker = fit_ranker(
-            model_path, features["train"], features["dev"], tuple(config.learners), config.seed, context.log.info
+            model_path,
+            features["train"],
+            features["dev"],
+            learners=tuple(config.learners),
+            seed=config.seed,
+            min_platform_queries=config.min_platform_queries,
+            log=context.log.info,
         )
     except ValueError as exc:
         raise dg.Failure(description=f"chat_ranker: {exc}") from None

@@ -260,6 +260,7 @@ def fit_ranker(
     model_path: str,
     train: list[Features],
     dev: list[Features],
+    *,
     learners: tuple[str, ...] = LEARNERS,
     seed: int = 0,
     min_platform_queries: int = 100,
