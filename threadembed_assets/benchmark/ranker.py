@@ -8,7 +8,8 @@ candidates all lack a signal is ranked by the others), and gradient-boosted tree
 `HistGradientBoostingClassifier`, which routes missing values itself). Each query's candidates count as much as
 another's: a row weighs 1 / (number of candidates of its query). Where the train split holds several platforms, a
 platform with enough train queries also gets learners of its own, kept where they beat the shared learner on that
-platform's dev queries (Slack channels whose conversations a disentangler cut by time want time more than IRC does).
+platform's dev queries significantly (Slack channels whose conversations a disentangler cut by time may want time more
+than IRC does).
 """
 
 import json
@@ -24,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from threadembed_assets.benchmark.metrics import per_query, ranks_of_relevant
+from threadembed_assets.benchmark.metrics import paired_test, per_query, ranks_of_relevant, verdict
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     best_window_scores,
@@ -150,15 +151,20 @@ def fit_learner(name: str, values: np.ndarray, labels: np.ndarray, weights: np.n
     return FittedLearner(name, estimator, columns)
 
 
-def mean_mrr(learner: FittedLearner, sets: list[Features], platform: str | None = None) -> float:
-    """MRR@10 over every query of `sets` (of `platform` only, unless None) when `learner` ranks their candidates."""
+def query_mrr(learner: FittedLearner, sets: list[Features], platform: str | None = None) -> np.ndarray:
+    """Per-query MRR@10 of every query of `sets` (of `platform` only, unless None) when `learner` ranks them."""
     values = [
         s.mrr(learner.decision(s.values))[slice(None) if platform is None else s.query_platforms() == platform]
         for s in sets
         if len(s.task.queries)
     ]
-    values = [v for v in values if len(v)]
-    return float(np.concatenate(values).mean()) if values else 0.0
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+def mean_mrr(learner: FittedLearner, sets: list[Features], platform: str | None = None) -> float:
+    """MRR@10 over every query of `sets` (of `platform` only, unless None) when `learner` ranks their candidates."""
+    values = query_mrr(learner, sets, platform)
+    return float(values.mean()) if len(values) else 0.0
 
 
 def permutation_importance(learner: FittedLearner, sets: list[Features], seed: int = 0) -> dict[str, float]:
@@ -268,7 +274,8 @@ def fit_ranker(
 ) -> ChatRanker:
     """Fit every learner per task kind on the `train` features and keep the one with the best dev MRR@10; where the
     train split holds several platforms, fit a platform's own learner too (with `min_platform_queries` train
-    queries of it) and keep it where it beats the learner of every platform on that platform's dev queries."""
+    queries of it) and keep it where it beats the learner of every platform on that platform's dev queries,
+    significantly (paired randomization test at 95%)."""
     chosen, card = {}, {}
     for kind in RANKED_KINDS:
         train_sets = [s for s in train if task_kind(s.task.name) == kind and len(s.qi)]
@@ -300,14 +307,18 @@ def fit_ranker(
             if found is None:
                 continue
             own, own_fitted = found
+            delta, p_value = paired_test(
+                query_mrr(own_fitted[own][0], dev_sets, platform), query_mrr(learner, dev_sets, platform)
+            )
+            kept = verdict(delta, p_value) == "win"
             own_score, every_score = own_fitted[own][1] or 0.0, mean_mrr(learner, dev_sets, platform)
-            kept = own_score > every_score
             if kept:
                 chosen[f"{kind}@{platform}"] = own_fitted[own][0]
             card[kind]["platforms"][platform] = {
                 "learner": own,
                 "dev_mrr@10": round(own_score, 4),
                 "dev_mrr@10_of_every_platform_learner": round(every_score, 4),
+                "paired_p": round(p_value, 4),
                 "kept": kept,
                 "train_queries": _queries_of(train_sets, platform),
             }
