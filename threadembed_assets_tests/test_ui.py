@@ -61,7 +61,11 @@ def dagster_ui(workdir, warehouse_db, monkeypatch):
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a code server still starting can outlast SIGTERM: end the whole group
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def dismiss_welcome(page) -> None:
