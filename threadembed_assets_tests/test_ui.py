@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import pytest
 
 from threadembed_assets_tests.conftest import free_port, materialize_source, need_system
@@ -60,12 +61,21 @@ def dagster_ui(workdir, warehouse_db, monkeypatch):
                 time.sleep(1)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a code server still starting can outlast SIGTERM: end the whole group
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_process_tree(process)
+
+
+def stop_process_tree(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM `dagster dev` and every process it started; whatever still runs after `grace_s` (a code server that
+    is still loading the code location outlasts SIGTERM, and its gRPC server may sit in a session of its own) is
+    killed, so that no test leaves servers behind."""
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    process.wait(timeout=grace_s)
 
 
 def dismiss_welcome(page) -> None:
