@@ -48,7 +48,7 @@ def hand_task(replies_known: bool = True, query_author: str = "ann") -> Task:
         query_mentions=[["bob"]],
         query_message_ids=[["q1"]],
         query_reply_to=[[]],
-        query_replies_known=[replies_known],
+        query_platform=["slack" if replies_known else "irc"],  # IRC has no native reply links
         doc_channel=[d[0] for d in docs],
         doc_times=[d[1] for d in docs],
         doc_orders=[d[2] for d in docs],

@@ -87,14 +87,13 @@ class Task:
     doc_orders: list[list[int]] | None = None
     # Who and what each query and document is made of, for the chat features (see `chat.features`): authors
     # (normalised; a document's per message, aligned with `doc_orders`), the names they mention, their message ids and
-    # the ids they reply to (only where the platform has native replies: `query_replies_known`).
+    # the ids they reply to (only where the platform has native replies, `NATIVE_REPLY_PLATFORMS`).
     query_platform: list[str] | None = None
     query_orders: list[list[int]] | None = None  # channel order of each of a query's messages
     query_authors: list[list[str]] | None = None
     query_mentions: list[list[str]] | None = None
     query_message_ids: list[list[str]] | None = None
     query_reply_to: list[list[str]] | None = None
-    query_replies_known: list[bool] | None = None
     doc_authors: list[list[str]] | None = None
     doc_mentions: list[list[str]] | None = None
     doc_message_ids: list[list[str]] | None = None
@@ -221,8 +220,7 @@ class _Queries:
 
     def __init__(self):
         self.texts, self.relevant, self.candidates, self.conversations, self.keys = [], [], [], [], []
-        self.channels, self.times, self.orders, self.replies_known, self.all_orders = [], [], [], [], []
-        self.platforms = []
+        self.channels, self.times, self.orders, self.all_orders, self.platforms = [], [], [], [], []
         self.people = _People()
 
     def add(self, lines: list[Line], relevant: int, candidates: list[int] | None, cid: str, key: str) -> None:
@@ -236,7 +234,6 @@ class _Queries:
         self.channels.append(at.channel)
         self.times.append(at.ts)
         self.orders.append(at.order)
-        self.replies_known.append(at.platform in NATIVE_REPLY_PLATFORMS)
         self.all_orders.append([line.order for line in lines])
         self.platforms.append(at.platform)
         self.people.add(lines)
@@ -264,7 +261,6 @@ class _Queries:
             query_mentions=self.people.mentions,
             query_message_ids=self.people.message_ids,
             query_reply_to=self.people.reply_to,
-            query_replies_known=self.replies_known,
             doc_authors=corpus.people.authors,
             doc_mentions=corpus.people.mentions,
             doc_message_ids=corpus.people.message_ids,

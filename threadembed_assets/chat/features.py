@@ -91,6 +91,7 @@ class ChatContext(Protocol):
     order), authors, mentions, message ids and reply links; per candidate the same of its messages."""
 
     docs: list[str]
+    query_platform: list[str]
     query_channel: list[str | None]
     query_ts: list[float | None]
     query_order: list[int]
@@ -99,7 +100,6 @@ class ChatContext(Protocol):
     query_mentions: list[list[str]]
     query_message_ids: list[list[str]]
     query_reply_to: list[list[str]]
-    query_replies_known: list[bool]
     doc_channel: list[str | None]
     doc_times: list[list[float]]
     doc_orders: list[list[int]]
@@ -299,7 +299,8 @@ def _people_features(task: ChatContext, qi: np.ndarray, di: np.ndarray, put) -> 
     doc_ids = _membership(task.doc_message_ids, id_vocabulary)
     query_to, doc_to = _membership(task.query_reply_to, id_vocabulary), _membership(task.doc_reply_to, id_vocabulary)
     linked = np.maximum(_shared(query_to, doc_ids, qi, di), _shared(query_ids, doc_to, qi, di))
-    put("reply_link", np.where(np.array(task.query_replies_known, dtype=bool)[qi], linked, np.nan))
+    replies_known = np.array([platform in NATIVE_REPLY_PLATFORMS for platform in task.query_platform], dtype=bool)
+    put("reply_link", np.where(replies_known[qi], linked, np.nan))
 
 
 def _speaker_before(task: ChatContext, vocabulary: dict[str, int], qi: np.ndarray, di: np.ndarray) -> np.ndarray:
