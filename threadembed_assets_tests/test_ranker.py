@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, fit_ranker, task_features, text_signals
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, bm25_scores, model_key, recency_scores
+from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, fit_ranker, model_features
+from threadembed_assets.benchmark.retrievers import EmbeddingCache, model_key, recency_scores
 from threadembed_assets.benchmark.score import score_all, verdict_rows
 from threadembed_assets.benchmark.tasks import TaskConfig
 from threadembed_assets.chat.features import FEATURES
@@ -61,7 +61,7 @@ def base():
 def features_of(path, model_path, model, cache):
     tasks = [t for t in tasks_from_file(path, TaskConfig(held_out_platform="")) if not t.name.startswith("summary")]
     key = model_key(model_path)
-    return [task_features(t, text_signals(model, key, t, cache, 32, bm25_scores(t))) for t in tasks]
+    return [model_features(model, key, t, cache, 32) for t in tasks]
 
 
 def test_the_ranker_beats_every_single_signal_on_chat_it_did_not_fit(workdir, base):

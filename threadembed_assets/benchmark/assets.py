@@ -18,10 +18,9 @@ from threadembed_assets.benchmark.ranker import (
     RANKED_KINDS,
     ChatRanker,
     fit_ranker,
-    task_features,
-    text_signals,
+    model_features,
 )
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, bm25_scores, default_cache_path, model_key
+from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path, model_key
 from threadembed_assets.benchmark.score import (
     BASE_MODEL,
     VERSUS,
@@ -222,8 +221,7 @@ def chat_ranker(
     try:
         for split, tasks in by_split.items():
             for t in tasks:
-                signals = text_signals(model, key, t, cache, compute.eval_batch_size, bm25_scores(t))
-                features[split].append(task_features(t, signals))
+                features[split].append(model_features(model, key, t, cache, compute.eval_batch_size))
                 context.log.info(f"chat_ranker: {split} {t.name} of {t.source}: {len(features[split][-1].qi)} pairs")
     finally:
         cache.close()

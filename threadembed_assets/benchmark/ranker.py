@@ -29,6 +29,7 @@ from threadembed_assets.benchmark.metrics import paired_test, per_query, ranks_o
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     best_window_scores,
+    bm25_scores,
     dense_scores,
     encode_task,
     line_windows,
@@ -92,6 +93,14 @@ def task_features(task: Task, signals: dict[str, np.ndarray]) -> Features:
     qi, di = candidate_pairs(len(task.queries), len(task.docs), task.allowed())
     values = pair_features(task, qi, di, signals["dense"], signals["dense_window"], signals["bm25"])
     return Features(task, qi, di, values)
+
+
+def model_features(
+    model, key: str, task: Task, cache: EmbeddingCache, batch_size: int, bm25: np.ndarray | None = None
+) -> Features:
+    """Features of every candidate pair of `task` with `model`'s similarity (BM25 computed here unless given)."""
+    bm25 = bm25_scores(task) if bm25 is None else bm25
+    return task_features(task, text_signals(model, key, task, cache, batch_size, bm25))
 
 
 def _new_learner(name: str, seed: int):

@@ -14,7 +14,7 @@ from threadembed_assets.benchmark.metrics import (
     summarize,
     verdict,
 )
-from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, task_features, text_signals
+from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, model_features
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     bm25_scores,
@@ -238,7 +238,7 @@ def score_ranker(
     for task in tasks:
         if not ranker.ranks(task_kind(task.name)):
             continue
-        features = task_features(task, text_signals(model, key, task, cache, batch_size, bm25[id(task)]))
+        features = model_features(model, key, task, cache, batch_size, bm25[id(task)])
         setting = setting_of(provenance, task)
         results.append(
             scored(
