@@ -120,7 +120,11 @@ class RankerConfig(TaskConfig):
     learners it tries."""
 
     max_queries: int = Field(default=300, description="Queries per task, source and split to fit and choose on.")
-    held_out_platform: str = Field(default="", description="Unused: the ranker fits on every platform's tasks.")
+    held_out_platform: str = Field(
+        default="",
+        description="Empty: the ranker fits on every platform's tasks, and `<task>@<platform>` tasks would only "
+        "repeat their queries.",
+    )
     learners: list[str] = Field(default=list(LEARNERS), description="Learners to fit per task; the best on dev wins.")
     min_platform_queries: int = Field(
         default=100,
