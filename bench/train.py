@@ -1,10 +1,12 @@
 """Training throughput of the stage code (what the training assets run) against a bare
-`SentenceTransformerTrainer` on the same pairs, in the same run.
+`SentenceTransformerTrainer` on the same triplets, in the same run.
 
     python bench/train.py [--steps 40] [--batch-size 32] [--messages 5000]
 
-Both train MultipleNegativesRankingLoss inside MatryoshkaLoss with no-duplicates batches from the same base model
-on the same `thread_pairs` rows (generated sample chat); each runs twice, alternating. On both sides pairs/s is
+Both train MultipleNegativesRankingLoss inside MatryoshkaLoss from the same base model on the same `thread_pairs`
+triplets (anchor, positive, interleaved negative; generated sample chat; max_seq_length 128): the bare trainer with
+sentence-transformers' no-duplicates batches, the stage with its own sampler (no duplicates, no shared conversation,
+length-grouped batches). Each runs twice, alternating. On both sides pairs/s is
 steps x batch / training seconds, timed by the same callback (`StageProgress`) from the first step's start to the
 end of training with checkpoint writes left out: the stage's figure is its `pairs_per_second` (the metadata
 value), the bare trainer's is the same measure of a `trainer.train()` with no checkpoints and no stage code around
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import duckdb
+from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
@@ -26,7 +29,7 @@ from threadembed_assets.pairs.build import PairConfig, build_pairs
 from threadembed_assets.sources.raw_cache import write_raw_cache
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.sources.schema import batched
-from threadembed_assets.training.data import load_pairs
+from threadembed_assets.training.data import GROUP_COLUMNS, load_training_sets
 from threadembed_assets.training.presets import Recipe
 from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.training.train import StageProgress, build_loss, train_stage
@@ -40,7 +43,7 @@ def prepare_pairs(work: Path, n_messages: int, n_pairs: int):
         load_messages(con, "sample", work / "raw", LoadOptions())
         build_conversations(con, "sample")
         build_pairs(con, "A", "sample", PairConfig())
-        return load_pairs(con, ["thread_pairs"], n_pairs, seed=1)
+        return load_training_sets(con, ["thread_pairs"], n_pairs, seed=1)["thread_pairs"]  # the triplets
 
 
 def bare(dataset, base: str, recipe: Recipe, work: Path) -> tuple[float, float]:
@@ -61,7 +64,11 @@ def bare(dataset, base: str, recipe: Recipe, work: Path) -> tuple[float, float]:
     )
     timer = StageProgress(lambda message: None, recipe.batch_size, max_seconds=float("inf"))
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=build_loss(model, recipe), callbacks=[timer]
+        model=model,
+        args=args,
+        train_dataset=dataset.remove_columns(list(GROUP_COLUMNS)),
+        loss=build_loss(model, recipe),
+        callbacks=[timer],
     )
     start = time.perf_counter()
     trainer.train()
@@ -73,7 +80,7 @@ def ours(dataset, base: str, recipe: Recipe, work: Path, attempt: int) -> tuple[
     result = train_stage(
         stage="bench",
         start_from=base,
-        train_dataset=dataset,
+        train_sets=DatasetDict({"thread_pairs": dataset}),
         eval_set=({}, {}, {}),
         recipe=recipe,
         device="cpu",
@@ -113,7 +120,7 @@ def main() -> None:
             runs["bare trainer"].append(bare(dataset, base, recipe, work))
             runs["threadembed stage"].append(ours(dataset, base, recipe, work, attempt))
         best = {name: max(rate for rate, _ in values) for name, values in runs.items()}
-        print(f"{len(dataset)} thread pairs, {args.steps} steps x batch {args.batch_size}, max_seq_length 128, CPU")
+        print(f"{len(dataset)} thread triplets, {args.steps} steps x batch {args.batch_size}, max_seq_length 128, CPU")
         print("training pairs/s (first step to end of training, checkpoint writes excluded); wall s of the call")
         for name, values in runs.items():
             rates = " ".join(f"{rate:6.1f}" for rate, _ in values)

@@ -26,10 +26,11 @@ def assert_pair_invariants(warehouse) -> None:
         lines: dict[str, list[str]] = {}
         channel_of: dict[str, str] = {}
         split_of: dict[str, str] = {}
-        for conversation, author, text, channel, split in con.execute(
-            "SELECT conversation_id, author, text, channel, split FROM messages ORDER BY conversation_id, position"
+        for conversation, author, text, platform, channel, split in con.execute(
+            "SELECT conversation_id, author, text, platform, channel, split FROM messages "
+            "ORDER BY conversation_id, position"
         ).fetchall():
-            lines.setdefault(conversation, []).append(render_message(author, text))
+            lines.setdefault(conversation, []).append(render_message(author, text, platform))
             channel_of[conversation], split_of[conversation] = channel, split
 
         summaries = dict(con.execute("SELECT conversation_id, summary FROM conversation_summaries").fetchall())
@@ -290,13 +291,27 @@ def test_judge_errors_and_warnings():
 
 
 def test_sql_rendering_matches_python_rendering():
-    cases = [("ann", "hi there"), (None, "no author"), ("", "empty author")]
+    """One rendering in SQL and Python, mentions normalised per platform."""
+    cases = [
+        ("ann", "hi there", "irc", "ann: hi there"),
+        (None, "no author", "irc", "no author"),
+        ("", "empty author", "slack", "empty author"),
+        ("bob", "ann: try grub-install", "irc", "bob: @ann try grub-install"),
+        ("bob", "ann: try it", "slack", "bob: ann: try it"),  # addressing is IRC's; on Slack it is text
+        ("bob", "Note: ann: x", "irc", "bob: @Note ann: x"),  # only the start of a line is addressing
+        ("bob", "<@Fred> see <https://elm-lang.org|the guide> in <#C01|beginners>", "slack",
+         "bob: @Fred see https://elm-lang.org in #beginners"),
+        ("bob", "<@!1234> and <@U01|ann> hi", "discord", "bob: @1234 and @U01 hi"),
+        ("bob", "a < b and c > d, <@ann>", "slack", "bob: a < b and c > d, @ann"),
+        ("it's", "o'brien: hey", "irc", "it's: o'brien: hey"),
+    ]  # fmt: skip
     with duckdb.connect() as con:
-        for author, text in cases:
+        for author, text, platform, expected in cases:
             sql = con.execute(
-                f"SELECT {RENDER_MESSAGE_SQL} FROM (SELECT $a AS author, $t AS text)", {"a": author, "t": text}
+                f"SELECT {RENDER_MESSAGE_SQL} FROM (SELECT $a AS author, $t AS text, $p AS platform) m",
+                {"a": author, "t": text, "p": platform},
             ).fetchone()[0]
-            assert sql == render_message(author, text)
+            assert sql == render_message(author, text, platform) == expected, (author, text, platform)
 
 
 def test_a_question_keeps_its_replies_even_when_they_also_follow_it():

@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 import pytest
 import torch
-from datasets import Dataset
+from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer
 
 from threadembed_assets import run
@@ -21,7 +21,7 @@ from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.sources.schema import batched
 from threadembed_assets.training import train
 from threadembed_assets.training.assets import STAGES
-from threadembed_assets.training.data import load_pairs, thread_retrieval_set
+from threadembed_assets.training.data import GROUP_COLUMNS, load_training_sets, thread_retrieval_set
 from threadembed_assets.training.mining import MiningConfig, load_mining_rows
 from threadembed_assets.training.presets import Recipe
 from threadembed_assets.training.resources import ComputeResource, ModelStore
@@ -99,7 +99,68 @@ def test_each_checkpoint_records_what_it_learned(smoke_run):
     assert stage1_keys <= set(records["hard_negative_model"]["conversation_keys"])
 
 
-def _thread_pair_task(folder: Path) -> tuple[Dataset, list[str], list[str], list[int]]:
+def test_negatives_reach_every_stage_as_triplets(smoke_run):
+    """Every stage's tables have rows with negatives: each stage trained on a dataset with a `negative` column (the
+    triplets), next to the rows without one, and every dataset carries the conversation columns its sampler reads."""
+    result, _ = smoke_run
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    for stage in STAGE_NAMES:
+        datasets = meta[stage]["train_datasets"].data
+        triplets = [name for name, info in datasets.items() if "negative" in info["columns"]]
+        assert triplets and all(datasets[name]["rows"] > 0 for name in triplets), (stage, datasets)
+        assert all(set(GROUP_COLUMNS) <= set(info["columns"]) for info in datasets.values()), (stage, datasets)
+        assert set(meta[stage]["hyperparameters"].data["train_datasets"]) == set(datasets)
+
+
+def test_the_schedule_reaches_its_end_on_the_smoke_preset(smoke_run):
+    """The step budget plans the schedule: each stage takes all its planned steps and ends with the learning rate
+    decayed to zero (a wall-clock stop would leave it high)."""
+    result, _ = smoke_run
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    for stage in STAGE_NAMES:
+        assert meta[stage]["steps"].value == meta[stage]["planned_steps"].value > 0, stage
+        assert meta[stage]["final_learning_rate"].value == pytest.approx(0.0, abs=1e-12), stage
+        assert meta[stage]["stopped_by_wall_clock_budget"].value is False
+
+
+def test_a_stage_worse_on_dev_does_not_move_latest(workdir, warehouse_db):
+    """A run that loses to its start model on dev is kept as a record but not published: `latest` stays where it was,
+    and the next stage starts from the best model so far (here the base model)."""
+    assert materialize_source("sample", warehouse_db, {"n_messages": 1500}, with_pairs=True).success
+    store = ModelStore()
+    first = materialize_source("sample", warehouse_db, only=["thread_model"], run_config=_stage_config("thread_model"))
+    assert first.success
+    published = store.latest("thread_model")
+    assert published is not None
+
+    # A learning rate that wrecks the model: its dev score falls below the base model's.
+    ruin = {"learning_rate": 0.05, "max_steps": 4, "publish_only_if_better": True}
+    second = materialize_source(
+        "sample", warehouse_db, only=["thread_model"], run_config=_stage_config("thread_model", **ruin)
+    )
+    assert second.success
+    meta = second.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["dev_mrr@10_after"].value < meta["dev_mrr@10_before"].value
+    assert meta["published"].value is False and meta["next_stage_starts_from"].value == "base model"
+    assert store.latest("thread_model") == published  # latest did not move
+    run_dir = Path(meta["checkpoint"].value)
+    assert run_dir.is_dir() and run_dir != published  # the losing run is kept as a record
+    assert "not published" in (run_dir / "README.md").read_text()
+    assert store.hand_on("thread_model") == Path(store.base_model_path()).resolve()
+
+    third = materialize_source(
+        "sample", warehouse_db, only=["retrieval_model"], run_config=_stage_config("retrieval_model")
+    )
+    assert third.success
+    start = third.get_asset_materialization_events()[0].materialization.metadata["start_from"].value
+    assert Path(start).resolve() == Path(store.base_model_path()).resolve()
+
+
+def _stage_config(stage: str, **overrides) -> dict:
+    return {stage: {"config": {"preset": "smoke", **overrides}}}
+
+
+def _thread_pair_task(folder: Path) -> tuple[DatasetDict, list[str], list[str], list[int]]:
     """Train-split thread pairs of generated sample chat, and a held-out task on the other splits' pairs: a message
     (anchor) finds the window of its own thread (positive) among the positives of other conversations."""
     write_raw_cache(batched(generate_sample(4000, seed=5)), folder / "raw")
@@ -107,7 +168,7 @@ def _thread_pair_task(folder: Path) -> tuple[Dataset, list[str], list[str], list
         load_messages(con, "sample", folder / "raw", LoadOptions())
         build_conversations(con, "sample")
         build_pairs(con, "A", "sample", PairConfig())
-        train_pairs = load_pairs(con, ["thread_pairs"], 5000, seed=1)
+        train_pairs = load_training_sets(con, ["thread_pairs"], 5000, seed=1)
         held_out = con.execute(
             "SELECT anchor, positive FROM thread_pairs WHERE split <> 'train' ORDER BY anchor, positive"
         ).fetchall()
@@ -145,7 +206,7 @@ def test_matryoshka_training_keeps_retrieval_at_64_dimensions(tmp_path):
     result = train.train_stage(
         stage="matryoshka",
         start_from=base_path,
-        train_dataset=train_pairs,
+        train_sets=train_pairs,
         eval_set=({}, {}, {}),
         recipe=recipe,
         device="cpu",
@@ -212,8 +273,8 @@ def test_exclude_platforms_keeps_a_platform_out_of_every_stage(workdir, warehous
     with duckdb.connect(str(warehouse_db), read_only=True) as con:
 
         def pairs(exclude: list[str]) -> set[tuple[str, str]]:
-            dataset = load_pairs(con, ["thread_pairs"], 100_000, seed=1, exclude_platforms=exclude)
-            return set(zip(dataset["anchor"], dataset["positive"], strict=True))
+            sets = load_training_sets(con, ["thread_pairs"], 100_000, seed=1, exclude_platforms=exclude)
+            return {pair for data in sets.values() for pair in zip(data["anchor"], data["positive"], strict=True)}
 
         def dev_conversations(exclude: list[str]) -> set[str]:
             queries, corpus, _ = thread_retrieval_set(con, "dev", 1000, 0, exclude_platforms=exclude)

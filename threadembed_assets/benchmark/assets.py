@@ -134,9 +134,10 @@ class RankerConfig(TaskConfig):
 
 
 def ranker_model(models: ModelStore) -> str:
-    """The model whose similarity the ranker reads: the last training stage that is published, else the base."""
-    published = published_models(models)
-    return next((published[stage] for stage in reversed(list(STAGES)) if stage in published), published[BASE_MODEL])
+    """The model whose similarity the ranker reads: the best model so far on dev of the last trained stage (what
+    it hands on), else the base model."""
+    handed = (models.hand_on(stage) for stage in reversed(list(STAGES)))
+    return str(next((model for model in handed if model is not None), models.base_model_path()))
 
 
 def _ranker_metadata(ranker: ChatRanker, folder: Path, record: dict) -> dict:

@@ -20,6 +20,12 @@ class PairConfig(dg.Config):
     """How pairs are cut from conversations (run config of the pair assets)."""
 
     window_messages: int = Field(default=3, description="Messages on each side of an anchor in a thread window.")
+    thread_positive: str = Field(
+        default="conversation",
+        description="Strategy A's positive: `conversation` (the rest of the anchor's conversation, the shape thread "
+        "retrieval compares a message with; negative: the interleaved conversation) or `window` (the "
+        "`window_messages` on each side; negative: the window around the interleaved neighbour).",
+    )
     temporal_window: int = Field(default=3, description="Messages per window in temporal pairs.")
     response_messages: int = Field(default=2, description="Reply messages joined into a response.")
     max_message_chars: int = Field(default=300, description="A message longer than this is cut.")
@@ -60,6 +66,10 @@ WITH lines AS (
             ROWS BETWEEN $k PRECEDING AND 1 PRECEDING) AS before_window,
         string_agg(line, chr(10)) OVER (PARTITION BY conversation_id ORDER BY position
             ROWS BETWEEN 1 FOLLOWING AND $k FOLLOWING) AS after_window,
+        string_agg(line, chr(10)) OVER (PARTITION BY conversation_id ORDER BY position
+            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING EXCLUDE CURRENT ROW) AS conversation_rest,
+        string_agg(line, chr(10)) OVER (PARTITION BY conversation_id ORDER BY position
+            ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS conversation_text,
         position // $w AS chunk,
         {
     ", ".join(
@@ -95,13 +105,14 @@ SELECT conversation_id, chunk, any_value(split) AS split, min(position) AS first
 FROM pair_context GROUP BY conversation_id, chunk
 """
 
-# Strategy A: a message and the window of its own conversation around it (the message itself left out);
-# negative: the window around its interleaved neighbour.
+# Strategy A: a message and its own conversation, the message itself left out (the rest of the conversation, or
+# the window around the message); negative: the interleaved neighbour's conversation (or the window around it).
 _THREAD_SQL = """
 SELECT 'A', $source, a.split, a.line,
-    left(concat_ws(chr(10), a.before_window, a.after_window), $max_window_chars),
-    CASE WHEN n.message_id IS NOT NULL
-        THEN left(concat_ws(chr(10), n.before_window, n.line, n.after_window), $max_window_chars) END,
+    left(CASE WHEN $thread_positive = 'conversation' THEN a.conversation_rest
+        ELSE concat_ws(chr(10), a.before_window, a.after_window) END, $max_window_chars),
+    CASE WHEN n.message_id IS NOT NULL THEN left(CASE WHEN $thread_positive = 'conversation' THEN n.conversation_text
+        ELSE concat_ws(chr(10), n.before_window, n.line, n.after_window) END, $max_window_chars) END,
     a.conversation_id,
     json_object('anchor_message_id', a.message_id, 'channel', a.channel,
                 'negative_message_id', n.message_id, 'negative_conversation_id', n.conversation_id)
@@ -194,8 +205,13 @@ WHERE anchor != positive AND trim(anchor) != '' AND trim(positive) != ''
 _STRATEGY_SQL = {"A": _THREAD_SQL, "B": _QUERY_RESPONSE_SQL, "C": _TEMPORAL_SQL, "D": _SUMMARY_SQL}
 
 
+THREAD_POSITIVES = ("conversation", "window")
+
+
 def build_pairs(con: duckdb.DuckDBPyConnection, strategy: str, source: str, config: PairConfig) -> int:
     """Replace `source`'s rows of the strategy's pair table in one transaction; return the row count."""
+    if config.thread_positive not in THREAD_POSITIVES:
+        raise ValueError(f"thread_positive must be one of {THREAD_POSITIVES}, not {config.thread_positive!r}")
     table = STRATEGIES[strategy]
     con.execute(pair_table_ddl(table))
     params = {
@@ -215,6 +231,7 @@ def build_pairs(con: duckdb.DuckDBPyConnection, strategy: str, source: str, conf
         "max_pairs_per_conversation": config.max_pairs_per_conversation,
         "seed": config.seed,
         "response_messages": config.response_messages,
+        "thread_positive": config.thread_positive,
     }
     used = {name: value for name, value in query_params.items() if f"${name}" in query}
     try:

@@ -92,16 +92,17 @@ def select_conversations(con: duckdb.DuckDBPyConnection, source: str, config: Su
             WHERE source = $source AND n_messages >= $min_messages AND list_contains($splits, split)
             ORDER BY hash(conversation_id), conversation_id LIMIT $count
         )
-        SELECT p.conversation_id, p.split, list(m.author ORDER BY m.position), list(m.text ORDER BY m.position)
+        SELECT p.conversation_id, p.split, list(m.author ORDER BY m.position), list(m.text ORDER BY m.position),
+            any_value(m.platform)
         FROM picked p JOIN messages m ON m.source = $source AND m.conversation_id = p.conversation_id
         GROUP BY ALL ORDER BY p.conversation_id
         """,
         {"source": source, "min_messages": config.min_messages, "splits": config.splits, "count": config.count},
     ).fetchall()
     picked = []
-    for conversation_id, split, authors, texts in rows:
+    for conversation_id, split, authors, texts, platform in rows:
         turns = list(zip(authors, texts, strict=True))
-        rendered = render_window(turns)[: config.max_conversation_chars]
+        rendered = render_window(turns, platform)[: config.max_conversation_chars]
         content_hash = hashlib.sha256(rendered.encode()).hexdigest()
         picked.append(Conversation(conversation_id, split, turns, rendered, content_hash))
     return picked

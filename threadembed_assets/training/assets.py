@@ -1,5 +1,6 @@
 """Training assets: three stages, each starting from the one before, on every source's train pairs."""
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.pairs.assets import query_response_pairs, summary_pairs, temporal_pairs, thread_pairs
-from threadembed_assets.training.data import load_pairs, pair_sources, pairs_digest, thread_retrieval_set
+from threadembed_assets.training.data import load_training_sets, pair_sources, pairs_digest, thread_retrieval_set
 from threadembed_assets.training.mining import (
     HARD_NEGATIVE_TABLE,
     MiningConfig,
@@ -29,23 +30,58 @@ class Stage:
     name: str
     tables: list[str]
     start_from: str | None  # an upstream training asset; None is the base model
-    with_negative: bool = False
 
 
 STAGES = {
     "thread_model": Stage("thread_model", ["thread_pairs", "temporal_pairs"], None),
     "retrieval_model": Stage("retrieval_model", ["query_response_pairs", "summary_pairs"], "thread_model"),
-    "hard_negative_model": Stage("hard_negative_model", [HARD_NEGATIVE_TABLE], "retrieval_model", True),
+    "hard_negative_model": Stage("hard_negative_model", [HARD_NEGATIVE_TABLE], "retrieval_model"),
 }
+SELECTION_FILE = "threadembed_selection.json"
+
+
+def handed_on(asset: str, models: ModelStore) -> str:
+    """The best model so far up to training asset `asset` (what the stages after it start from)."""
+    model = models.hand_on(asset)
+    if model is None:
+        raise dg.Failure(description=f"{asset} has no model to hand on: materialize it first.")
+    return str(model)
 
 
 def _start_path(stage: Stage, models: ModelStore) -> str:
-    if stage.start_from is None:
-        return models.base_model_path()
-    latest = models.latest(stage.start_from)
-    if latest is None:
-        raise dg.Failure(description=f"{stage.name} starts from {stage.start_from}: materialize it first.")
-    return str(latest)
+    return models.base_model_path() if stage.start_from is None else handed_on(stage.start_from, models)
+
+
+def select(stage: str, result: StageResult, start_from: str, only_if_better: bool) -> dict:
+    """Whether the stage's run is published, and which model the next stage starts from: the run when it beats
+    the model it started from on dev MRR@10 (or when `only_if_better` is off, or there is no dev set), else that
+    model. The record names the stage whose model won, also written to the run's folder and model card."""
+    before, after = result.dev_before.get("mrr@10"), result.dev_after.get("mrr@10")
+    better = before is None or after is None or after > before
+    published = better or not only_if_better
+    start_record = Path(start_from) / SELECTION_FILE
+    start_winner = json.loads(start_record.read_text())["winner"] if start_record.is_file() else "base model"
+    record = {
+        "stage": stage,
+        "start_from": start_from,
+        "dev_mrr@10_start": before,
+        "dev_mrr@10": after,
+        "beat_start": better,
+        "published": published,
+        "winner": stage if published else start_winner,
+        "hand_on": str(result.run_dir) if published else start_from,
+    }
+    (result.run_dir / SELECTION_FILE).write_text(json.dumps(record, indent=1))
+    card = result.run_dir / "README.md"
+    if card.is_file():
+        verdict = "published as `latest`" if published else "not published: `latest` keeps the previous model"
+        with card.open("a", encoding="utf-8") as handle:
+            handle.write(
+                f"\n\n## ThreadEmbed stage selection\n\n- stage: {stage}\n- dev MRR@10 of the start model "
+                f"({start_winner}): {before}\n- dev MRR@10 of this run: {after}\n- {verdict}\n"
+                f"- the next stage starts from: {record['winner']}\n"
+            )
+    return record
 
 
 def model_card_section(record: dict) -> str:
@@ -82,7 +118,7 @@ def record_training_data(run_dir: Path, learned: dict, exclude_platforms: list[s
     return record
 
 
-def _metadata(result: StageResult, start_from: str, latest: str, record: dict) -> dict:
+def _metadata(result: StageResult, start_from: str, latest: str, record: dict, selection: dict) -> dict:
     curve = dg.MetadataValue.table(
         records=[dg.TableRecord({"step": step, "loss": round(loss, 5)}) for step, loss in result.loss_curve],
         schema=dg.TableSchema(columns=[dg.TableColumn("step", "int"), dg.TableColumn("loss", "float")]),
@@ -96,6 +132,12 @@ def _metadata(result: StageResult, start_from: str, latest: str, record: dict) -
         "checkpoint": dg.MetadataValue.path(str(result.run_dir)),
         "start_from": start_from,
         "steps": result.steps,
+        "planned_steps": result.planned_steps,
+        "final_learning_rate": result.final_learning_rate if result.final_learning_rate is not None else float("nan"),
+        "published": selection["published"],
+        "next_stage_starts_from": selection["winner"],
+        "hand_on": dg.MetadataValue.path(selection["hand_on"]),
+        "train_datasets": dg.MetadataValue.json(result.hyperparameters["train_datasets"]),
         "resumed_from_step": result.resumed_from_step,
         "pairs_seen": result.pairs_seen,
         "pairs_per_second": round(result.pairs_per_second, 2),
@@ -128,7 +170,7 @@ def run_stage(
     compute: ComputeResource,
     models: ModelStore,
 ) -> dg.MaterializeResult:
-    """Train one stage and publish it as `<models>/<stage>/latest`."""
+    """Train one stage; publish it as `<models>/<stage>/latest` when it beats its start model on dev."""
     device = compute.resolve_device()
     precision = compute.resolve_precision(device)
     recipe = recipe_for(stage.name, config, compute.train_batch_size)
@@ -136,25 +178,34 @@ def run_stage(
     exclude = sorted(set(config.exclude_platforms))
     with connect(warehouse) as con:
         try:
-            dataset = load_pairs(con, stage.tables, recipe.max_pairs, config.seed, stage.with_negative, exclude)
+            train_sets = load_training_sets(
+                con,
+                stage.tables,
+                recipe.max_pairs,
+                config.seed,
+                negatives=recipe.negatives,
+                separate_conversations=recipe.separate_conversations,
+                exclude_platforms=exclude,
+            )
         except ValueError as exc:
             raise dg.Failure(description=f"{stage.name}: {exc}") from None
-        digest = pairs_digest(con, stage.tables, stage.with_negative, exclude)
+        digest = pairs_digest(con, stage.tables, exclude)
         eval_set = thread_retrieval_set(con, "dev", recipe.eval_queries, config.seed, exclude_platforms=exclude)
-        learned = train_conversations(con, pair_sources(con, stage.tables, stage.with_negative, exclude), exclude)
-    if len(dataset) == 0:
+        learned = train_conversations(con, pair_sources(con, stage.tables, exclude), exclude)
+    if not train_sets:
         excluding = f" outside platforms {exclude}" if exclude else ""
         raise dg.Failure(description=f"{stage.name}: no train pairs in {stage.tables}{excluding}")
     key = fingerprint(stage.name, start_from, recipe, digest, exclude, config.seed, device, precision)
     asset_dir = models.asset_dir(stage.name)
+    sizes = ", ".join(f"{name} {len(data)}" for name, data in train_sets.items())
     context.log.info(
-        f"{stage.name}: {len(dataset)} pairs from {stage.tables}, start {start_from}, {device}/{precision}, "
+        f"{stage.name}: {sizes} rows, start {start_from}, {device}/{precision}, "
         f"preset {config.preset}: {recipe}" + (f", excluding platforms {exclude}" if exclude else "")
     )
     result = train_stage(
         stage=stage.name,
         start_from=start_from,
-        train_dataset=dataset,
+        train_sets=train_sets,
         eval_set=eval_set,
         recipe=recipe,
         device=device,
@@ -167,13 +218,23 @@ def run_stage(
     )
     # The folder is complete (weights, model card, provenance) before `latest` points at it.
     record = record_training_data(result.run_dir, learned, exclude, start_from, context.log.warning)
-    latest = models.publish(stage.name, result.run_dir)
+    selection = select(stage.name, result, start_from, recipe.publish_only_if_better)
+    if selection["published"]:
+        models.publish(stage.name, result.run_dir)
+    else:
+        context.log.warning(
+            f"{stage.name}: dev MRR@10 {selection['dev_mrr@10']} does not beat its start model's "
+            f"{selection['dev_mrr@10_start']}: `latest` stays, the next stage starts from {selection['winner']}"
+        )
+    models.record_hand_on(stage.name, Path(selection["hand_on"]))
+    latest = models.latest(stage.name)
     context.log.info(
-        f"{stage.name}: {result.steps} steps, {result.pairs_per_second:.1f} pairs/s over {result.train_seconds:.1f} s "
-        f"of training ({result.wall_seconds:.1f} s in all), dev {result.dev_before} -> {result.dev_after}; learned "
+        f"{stage.name}: {result.steps}/{result.planned_steps} steps, {result.pairs_per_second:.1f} pairs/s over "
+        f"{result.train_seconds:.1f} s of training ({result.wall_seconds:.1f} s in all), dev {result.dev_before} -> "
+        f"{result.dev_after}; learned "
         f"from {record['conversations']} conversations on {record['platforms']}"
     )
-    return dg.MaterializeResult(metadata=_metadata(result, start_from, str(latest), record))
+    return dg.MaterializeResult(metadata=_metadata(result, start_from, str(latest or ""), record, selection))
 
 
 def _training_asset(stage: Stage, deps: list, description: str) -> dg.AssetsDefinition:
@@ -224,10 +285,8 @@ def hard_negative_pairs(
     from threadembed_assets.pairs.assets import quality_metadata
 
     source = context.partition_key
-    latest = models.latest("retrieval_model")
-    if latest is None:
-        raise dg.Failure(description="hard_negative_pairs mines with retrieval_model: materialize it first.")
-    model = load_model(str(latest), compute.resolve_device())
+    latest = handed_on("retrieval_model", models)
+    model = load_model(latest, compute.resolve_device())
     with connect(warehouse) as con:
         rows = load_mining_rows(con, source, config)
         mined = mine_rows(model, rows, config, compute.eval_batch_size)
@@ -239,7 +298,7 @@ def hard_negative_pairs(
             **metadata,
             "anchors": len(rows),
             "mined": len(mined),
-            "miner": str(latest),
+            "miner": latest,
             "mined_share": round(len(mined) / len(rows), 4) if rows else 0.0,
         }
     )

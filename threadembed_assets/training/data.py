@@ -5,7 +5,8 @@ row that a pair's (source, conversation_id) names) never reach a stage, neither 
 """
 
 import duckdb
-from datasets import Dataset
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict
 
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
 from threadembed_assets.warehouse.schema import table_names
@@ -23,14 +24,25 @@ ALLOWED_CONVERSATION_SQL = "(len($excluded) = 0 OR coalesce(NOT list_contains($e
 # The conversation a pair's negative comes from is not on an excluded platform.
 ALLOWED_NEGATIVE_SQL = "NOT coalesce(list_contains($excluded, nc.platform), false)"
 
+# Columns of a training row that only the batch sampler reads (never the loss): the row's conversation and the one
+# its negative comes from, as values no text can equal. A batch holds no value twice, so no row's positive or
+# negative is another row's in-batch false negative.
+GROUP_COLUMNS = ("conversation", "negative_conversation")
+_KEY_SQL = "'conversation:' || p.source || '/' || "
 
-def _train_pairs_sql(table: str, columns: list[str], with_negative: bool) -> str:
-    """SELECT `columns` of the train pairs of `table` (a STRATEGIES name, never user input) outside $excluded."""
+
+def _train_pairs_sql(table: str) -> str:
+    """The train pairs of `table` (a STRATEGIES name, never user input) outside $excluded: anchor, positive, the
+    negative (NULL when there is none or it comes from an excluded platform) and the GROUP_COLUMNS."""
+    negative_id = "json_extract_string(p.meta, '$.negative_conversation_id')"
     return (
-        f"SELECT {', '.join(f'p.{column}' for column in columns)} FROM {table} p {PAIR_CONVERSATION_JOIN} "
-        + (NEGATIVE_CONVERSATION_JOIN if with_negative else "")
-        + f" WHERE p.split = 'train' AND {ALLOWED_CONVERSATION_SQL}"
-        + (f" AND p.negative IS NOT NULL AND {ALLOWED_NEGATIVE_SQL}" if with_negative else "")
+        f"SELECT '{table}' AS pair_table, p.anchor, p.positive, "
+        f"CASE WHEN {ALLOWED_NEGATIVE_SQL} THEN p.negative END AS negative, "
+        f"{_KEY_SQL}p.conversation_id AS conversation, "
+        f"{_KEY_SQL}CASE WHEN p.negative IS NOT NULL AND {ALLOWED_NEGATIVE_SQL} "
+        f"THEN coalesce({negative_id}, p.conversation_id) ELSE p.conversation_id END AS negative_conversation, "
+        f"p.source FROM {table} p {PAIR_CONVERSATION_JOIN} {NEGATIVE_CONVERSATION_JOIN} "
+        f"WHERE p.split = 'train' AND {ALLOWED_CONVERSATION_SQL}"
     )
 
 
@@ -41,56 +53,76 @@ def _check_tables(con: duckdb.DuckDBPyConnection, tables: list[str]) -> None:
         raise ValueError(f"pair tables {missing} do not exist yet: materialize them first")
 
 
-def load_pairs(
+def _union(tables: list[str]) -> str:
+    return " UNION ALL ".join(_train_pairs_sql(table) for table in tables)
+
+
+def load_training_sets(
     con: duckdb.DuckDBPyConnection,
     tables: list[str],
     max_pairs: int,
     seed: int,
-    with_negative: bool = False,
+    *,
+    negatives: bool = True,
+    separate_conversations: bool = True,
     exclude_platforms: list[str] | tuple[str, ...] = (),
-) -> Dataset:
-    """Train-split pairs of all sources from `tables` (STRATEGIES names), shuffled, at most `max_pairs`.
+) -> DatasetDict:
+    """Train-split pairs of all sources from `tables` (STRATEGIES names), shuffled, at most `max_pairs` in all, as
+    one dataset per table and shape, for sentence-transformers' multi-dataset batching (a batch comes from one):
 
-    Pairs whose conversation is on a platform of `exclude_platforms` are left out (and, with `with_negative`,
-    those whose negative comes from such a conversation). Columns: anchor, positive (and negative when
-    `with_negative`, keeping only rows that have one).
+    - `<table>`: rows with a negative, as (anchor, positive, negative) triplets (only with `negatives`);
+    - `<table>/pairs`: the other rows, (anchor, positive).
+
+    With `separate_conversations` every dataset also has the GROUP_COLUMNS. Pairs whose conversation is on a
+    platform of `exclude_platforms` are left out; a negative from such a conversation is dropped from its row.
     """
     _check_tables(con, tables)
-    columns = ["anchor", "positive", "negative"] if with_negative else ["anchor", "positive"]
-    union = " UNION ALL ".join(_train_pairs_sql(table, columns, with_negative) for table in tables)
     table = con.sql(
-        f"SELECT * FROM ({union}) ORDER BY hash(anchor, positive, $seed) LIMIT $limit",
+        f"SELECT * FROM ({_union(tables)}) ORDER BY hash(anchor, positive, $seed) LIMIT $limit",
         params={"seed": seed, "limit": max_pairs, "excluded": list(exclude_platforms)},
     ).to_arrow_table()
-    return Dataset(table)
+    extra = list(GROUP_COLUMNS) if separate_conversations else []
+    sets = {}
+    for name in tables:
+        rows = table.filter(pc.equal(table["pair_table"], name))
+        has_negative = pc.is_valid(rows["negative"])
+        if negatives:
+            shapes = [
+                (name, rows.filter(has_negative), ["negative"]),
+                (f"{name}/pairs", rows.filter(pc.invert(has_negative)), []),
+            ]
+        else:
+            shapes = [(f"{name}/pairs", rows, [])]
+        for key, subset, negative in shapes:
+            part = subset.select(["anchor", "positive", *negative, *extra])
+            if part.num_rows:
+                sets[key] = Dataset(part)
+    return DatasetDict(sets)
+
+
+def training_set_summary(sets: DatasetDict) -> dict[str, dict]:
+    """Rows and columns of each training dataset (what the trainer read), for metadata."""
+    return {name: {"rows": len(data), "columns": data.column_names} for name, data in sets.items()}
 
 
 def pair_sources(
-    con: duckdb.DuckDBPyConnection,
-    tables: list[str],
-    with_negative: bool = False,
-    exclude_platforms: list[str] | tuple[str, ...] = (),
+    con: duckdb.DuckDBPyConnection, tables: list[str], exclude_platforms: list[str] | tuple[str, ...] = ()
 ) -> list[str]:
-    """The sources that have train pairs in `tables` outside `exclude_platforms` (what `load_pairs` draws from)."""
+    """The sources that have train pairs in `tables` outside `exclude_platforms` (what a stage draws from)."""
     _check_tables(con, tables)
-    union = " UNION ALL ".join(_train_pairs_sql(table, ["source"], with_negative) for table in tables)
     rows = con.execute(
-        f"SELECT DISTINCT source FROM ({union}) ORDER BY source", {"excluded": list(exclude_platforms)}
+        f"SELECT DISTINCT source FROM ({_union(tables)}) ORDER BY source", {"excluded": list(exclude_platforms)}
     ).fetchall()
     return [source for (source,) in rows]
 
 
 def pairs_digest(
-    con: duckdb.DuckDBPyConnection,
-    tables: list[str],
-    with_negative: bool = False,
-    exclude_platforms: list[str] | tuple[str, ...] = (),
+    con: duckdb.DuckDBPyConnection, tables: list[str], exclude_platforms: list[str] | tuple[str, ...] = ()
 ) -> str:
     """A fingerprint of the train pairs of `tables` that a stage may draw: changes whenever their content does."""
-    columns = ["anchor", "positive", "negative"]
-    union = " UNION ALL ".join(_train_pairs_sql(table, columns, with_negative) for table in tables)
     count, total = con.execute(
-        f"SELECT count(*), sum(hash(anchor, positive, negative)) FROM ({union})", {"excluded": list(exclude_platforms)}
+        f"SELECT count(*), sum(hash(anchor, positive, negative)) FROM ({_union(tables)})",
+        {"excluded": list(exclude_platforms)},
     ).fetchone()
     return f"{count}-{total}"
 

@@ -6,9 +6,14 @@ import dagster as dg
 from pydantic import Field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """Hyperparameters and budgets of one stage."""
+    """Hyperparameters and budgets of one stage.
+
+    The step budget plans the schedule (warmup, then linear decay to zero at `max_steps`); `max_minutes` is only a
+    safety stop for a machine much slower than the preset expects, so a stage's result does not depend on how fast
+    the machine is.
+    """
 
     epochs: float
     max_steps: int
@@ -21,23 +26,45 @@ class Recipe:
     eval_queries: int
     warmup_ratio: float = 0.1
     cached_loss_mini_batch: int | None = None  # CachedMultipleNegativesRankingLoss for batches beyond memory
+    negatives: bool = True  # rows with a negative train as triplets (a dataset of their own)
+    separate_conversations: bool = True  # no two rows of one conversation (own or negative's) in a batch
+    group_by_length: bool = True  # batches of similar lengths: less padding on CPU
+    # `latest` moves only when the stage beats the model it started from on dev (smoke: always, it checks plumbing)
+    publish_only_if_better: bool = True
 
+
+_SMOKE = dict(
+    epochs=1,
+    max_minutes=5,
+    batch_size=8,
+    max_seq_length=64,
+    save_steps=2,
+    eval_queries=40,
+    publish_only_if_better=False,
+)
+_CPU = dict(epochs=1, batch_size=32, max_seq_length=128, save_steps=25, eval_queries=300)
+_GPU = dict(max_steps=1_000_000, batch_size=512, max_seq_length=256, max_pairs=5_000_000, save_steps=500)
+_GPU_EVAL = dict(eval_queries=2000, warmup_ratio=0.05, cached_loss_mini_batch=64)
 
 PRESETS: dict[str, dict[str, Recipe]] = {
     "smoke": {
-        "thread_model": Recipe(1, 4, 2, 5e-5, 8, 64, 64, 2, 40),
-        "retrieval_model": Recipe(1, 3, 2, 2e-5, 8, 64, 48, 2, 40),
-        "hard_negative_model": Recipe(1, 3, 2, 2e-5, 8, 64, 48, 2, 40),
+        "thread_model": Recipe(**_SMOKE, max_steps=4, learning_rate=5e-5, max_pairs=64),
+        "retrieval_model": Recipe(**_SMOKE, max_steps=3, learning_rate=2e-5, max_pairs=48),
+        "hard_negative_model": Recipe(**_SMOKE, max_steps=3, learning_rate=2e-5, max_pairs=48),
     },
+    # Step budgets sized for 2 CPU cores (about 10 triplets/s at 128 tokens): all stages within 15 minutes.
     "cpu": {
-        "thread_model": Recipe(1, 150, 3.0, 3e-5, 32, 128, 12_000, 25, 300),
-        "retrieval_model": Recipe(1, 90, 1.5, 1.5e-5, 32, 128, 8_000, 25, 300),
-        "hard_negative_model": Recipe(1, 70, 1.5, 1e-5, 32, 128, 6_000, 25, 300),
+        "thread_model": Recipe(**_CPU, max_steps=100, max_minutes=12, learning_rate=3e-5, max_pairs=12_000),
+        "retrieval_model": Recipe(**_CPU, max_steps=50, max_minutes=8, learning_rate=1.5e-5, max_pairs=8_000),
+        "hard_negative_model": Recipe(**_CPU, max_steps=40, max_minutes=8, learning_rate=1e-5, max_pairs=6_000),
     },
+    # The full recipe: every pair, several epochs, large cached batches; minutes are a safety stop only.
     "gpu": {
-        "thread_model": Recipe(3, 100_000, 240, 2e-5, 512, 256, 5_000_000, 500, 2000, 0.05, 64),
-        "retrieval_model": Recipe(2, 100_000, 120, 5e-6, 512, 256, 5_000_000, 500, 2000, 0.05, 64),
-        "hard_negative_model": Recipe(1, 100_000, 120, 5e-6, 256, 256, 5_000_000, 500, 2000, 0.05, 64),
+        "thread_model": Recipe(**_GPU, **_GPU_EVAL, epochs=3, max_minutes=600, learning_rate=2e-5),
+        "retrieval_model": Recipe(**_GPU, **_GPU_EVAL, epochs=2, max_minutes=300, learning_rate=5e-6),
+        "hard_negative_model": Recipe(
+            **{**_GPU, "batch_size": 256}, **_GPU_EVAL, epochs=1, max_minutes=300, learning_rate=5e-6
+        ),
     },
 }
 
@@ -63,6 +90,11 @@ class TrainConfig(dg.Config):
     learning_rate: float | None = Field(default=None, description="Overrides the preset's learning rate.")
     save_steps: int | None = Field(default=None, description="Overrides how often a checkpoint is written.")
     max_pairs: int | None = Field(default=None, description="Overrides how many train pairs the stage reads.")
+    publish_only_if_better: bool | None = Field(
+        default=None,
+        description="Overrides the preset's rule (cpu, gpu: true; smoke: false) that `latest` moves only when the "
+        "stage beats the model it started from on dev.",
+    )
     seed: int = Field(default=13, description="Shuffling and initialisation seed.")
     exclude_platforms: list[str] = Field(
         default=[],
@@ -83,6 +115,7 @@ def recipe_for(stage: str, config: TrainConfig, batch_size: int | None = None) -
             ("learning_rate", config.learning_rate),
             ("save_steps", config.save_steps),
             ("max_pairs", config.max_pairs),
+            ("publish_only_if_better", config.publish_only_if_better),
             ("batch_size", batch_size),
         ]
         if value is not None

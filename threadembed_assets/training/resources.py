@@ -55,7 +55,8 @@ class ComputeResource(dg.ConfigurableResource):
 
 
 class ModelStore(dg.ConfigurableResource):
-    """Checkpoints under `<root>/<asset>/<run id>/`; `<root>/<asset>/latest` points at the newest complete one."""
+    """Checkpoints under `<root>/<asset>/<run id>/`; `<root>/<asset>/latest` points at the newest one that won on
+    dev, `<root>/<asset>/hand_on` at the model the next stage starts from."""
 
     root: str = Field(default="", description="Folder of checkpoints (default: THREADEMBED_MODELS_DIR or models).")
     base_model: str = Field(
@@ -84,9 +85,27 @@ class ModelStore(dg.ConfigurableResource):
 
     def publish(self, asset: str, run_dir: Path) -> Path:
         """Point `latest` at a complete checkpoint folder in one atomic rename."""
-        link = self.asset_dir(asset) / "latest"
-        staging = link.with_name(f".latest-{os.getpid()}")
+        return self._link(asset, "latest", run_dir)
+
+    def hand_on(self, asset: str) -> Path | None:
+        """The model a stage hands to the stages after it: the best model so far on dev (its own run when it beat
+        the model it started from, else that model), or its `latest` where no stage recorded one."""
+        link = self.asset_dir(asset) / "hand_on"
+        return link.resolve() if link.exists() else self.latest(asset)
+
+    def record_hand_on(self, asset: str, model_dir: Path) -> Path:
+        """Point `<asset>/hand_on` at the model the stages after it start from (atomically)."""
+        return self._link(asset, "hand_on", model_dir)
+
+    def _link(self, asset: str, name: str, target: Path) -> Path:
+        """Point `<asset>/<name>` at `target` in one atomic rename (relative inside the store, so it can move)."""
+        folder = self.asset_dir(asset)
+        target = Path(target).resolve()
+        root = self.root_dir().resolve()
+        relative = os.path.relpath(target, folder.resolve()) if target.is_relative_to(root) else str(target)
+        link = folder / name
+        staging = link.with_name(f".{name}-{os.getpid()}")
         staging.unlink(missing_ok=True)
-        staging.symlink_to(run_dir.name, target_is_directory=True)
+        staging.symlink_to(relative, target_is_directory=True)
         os.replace(staging, link)
         return link

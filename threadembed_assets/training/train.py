@@ -1,5 +1,7 @@
-"""One training stage on sentence-transformers' trainer: MNRL inside Matryoshka, no-duplicates batches,
-step and wall-clock budgets, checkpoints that a relaunch resumes from, dev retrieval before and after."""
+"""One training stage on sentence-transformers' trainer: MNRL (with each row's negative where it has one) inside
+Matryoshka, multi-dataset batches without duplicates or shared conversations, grouped by length; a schedule planned
+on the step budget with a wall-clock safety stop, checkpoints that a relaunch resumes from, dev retrieval before and
+after."""
 
 import hashlib
 import json
@@ -10,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from datasets import DatasetDict
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer import losses
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from transformers import TrainerCallback
 
+from threadembed_assets.training.batching import ChatTrainer, batch_sampler
+from threadembed_assets.training.data import training_set_summary
 from threadembed_assets.training.presets import Recipe
 
 MATRYOSHKA_DIMS = (768, 512, 256, 128, 64)
@@ -128,6 +131,8 @@ class StageResult:
 
     run_dir: Path
     steps: int
+    planned_steps: int  # the schedule's length: warmup, then linear decay to zero here
+    final_learning_rate: float | None  # the scheduler's rate after the last step (0 when the schedule ended)
     resumed_from_step: int
     pairs_seen: int
     pairs_per_second: float  # training throughput: pairs of this run's steps / train_seconds
@@ -170,7 +175,7 @@ def train_stage(
     *,
     stage: str,
     start_from: str,
-    train_dataset: Dataset,
+    train_sets: DatasetDict,
     eval_set: tuple[dict, dict, dict],
     recipe: Recipe,
     device: str,
@@ -181,7 +186,8 @@ def train_stage(
     seed: int,
     log: Callable[[str], None],
 ) -> StageResult:
-    """Train `start_from` on `train_dataset` per `recipe`, save it to `run_dir` with its model card.
+    """Train `start_from` on `train_sets` (one dataset per table and shape, see `load_training_sets`) per `recipe`,
+    save it to `run_dir` with its model card.
 
     Checkpoints go to `work_dir`; when it already holds one (a killed run of the same inputs), training
     resumes from it. The work folder is removed once `run_dir` is complete.
@@ -192,7 +198,7 @@ def train_stage(
     dev_before = headline(evaluator(model)) if evaluator else {}
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
-    steps_per_epoch = math.ceil(len(train_dataset) / recipe.batch_size)
+    steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
     max_steps = max(1, min(recipe.max_steps, math.ceil(recipe.epochs * steps_per_epoch)))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work_dir),
@@ -200,7 +206,7 @@ def train_stage(
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate,
         warmup_steps=recipe.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        batch_sampler=batch_sampler(recipe.group_by_length),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
@@ -214,8 +220,8 @@ def train_stage(
         dataloader_drop_last=False,
     )
     progress = StageProgress(log, recipe.batch_size, recipe.max_minutes * 60)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=build_loss(model, recipe), callbacks=[progress]
+    trainer = ChatTrainer(
+        model=model, args=args, train_dataset=train_sets, loss=build_loss(model, recipe), callbacks=[progress]
     )
     checkpoints = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     resumed_from_step = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
@@ -223,6 +229,7 @@ def train_stage(
         log(f"{stage}: resuming from {checkpoints[-1].name}")
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     steps = trainer.state.global_step
+    final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
     train_seconds, pairs_per_second = progress.train_seconds(), progress.pairs_per_second()
     dev_after = headline(evaluator(model)) if evaluator else {}
@@ -234,6 +241,8 @@ def train_stage(
     return StageResult(
         run_dir=run_dir,
         steps=steps,
+        planned_steps=max_steps,
+        final_learning_rate=final_learning_rate,
         resumed_from_step=resumed_from_step,
         pairs_seen=steps * recipe.batch_size,
         pairs_per_second=pairs_per_second,
@@ -246,7 +255,8 @@ def train_stage(
         hyperparameters={
             **asdict(recipe),
             "max_steps_effective": max_steps,
-            "train_pairs": len(train_dataset),
+            "train_pairs": sum(len(data) for data in train_sets.values()),
+            "train_datasets": training_set_summary(train_sets),
             "precision": precision,
             "device": device,
             "seed": seed,

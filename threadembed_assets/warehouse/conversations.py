@@ -49,10 +49,10 @@ def conversation_preview(con: duckdb.DuckDBPyConnection, source: str, limit: int
     parts = []
     for conversation_id, channel, method, split in picked:
         lines = con.execute(
-            "SELECT author, text FROM messages WHERE source = $source AND conversation_id = $cid "
+            "SELECT author, text, platform FROM messages WHERE source = $source AND conversation_id = $cid "
             "ORDER BY position LIMIT $n",
             {"source": source, "cid": conversation_id, "n": max_lines},
         ).fetchall()
-        window = render_window((a, t[:200]) for a, t in lines)
+        window = render_window(((a, t[:200]) for a, t, _ in lines), lines[0][2] if lines else None)
         parts.append(f"**{conversation_id}** ({channel}, {method}, {split})\n\n```\n{window}\n```")
     return "\n\n".join(parts) or "(no conversation with 3 or more messages)"
