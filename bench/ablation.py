@@ -4,7 +4,8 @@ with paired verdicts against the variant before it and against BM25 on the same 
 
     python bench/ablation.py --warehouse data/warehouse.duckdb [--steps 100] [--max-queries 300] [--json out.json]
 
-The warehouse needs `thread_pairs` and `temporal_pairs` (`make run` builds them). Dev sets: `irc_dev.jsonl` and
+The warehouse needs `messages` and `conversations` of the sources to train on (`make run` builds them); the
+variants rebuild `thread_pairs` and `temporal_pairs` of every source in a copy of it. Dev sets: `irc_dev.jsonl` and
 the Slack channel `elmlang-general-2019.xml` of ../shared (never trained on); tasks: thread (a message finds its
 conversation) and response_message (a prefix finds the next message).
 """
@@ -31,24 +32,22 @@ from threadembed_assets.training.assets import STAGES
 from threadembed_assets.training.data import load_training_sets
 from threadembed_assets.training.presets import PRESETS
 from threadembed_assets.training.resources import ModelStore
-from threadembed_assets.training.train import load_model, train_stage
+from threadembed_assets.training.train import fingerprint, load_model, train_stage
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = ("thread", "response_message")
 
-# Cumulative: each variant is the one before it plus one change.
+# Cumulative: each variant is the one before it plus one change: (name, recipe flags, pair config).
+_BEFORE = {"negatives": False, "separate_conversations": False, "group_by_length": False}
+_WINDOW = {"thread_positive": "window", "next_message_pairs": False}
 VARIANTS = [
-    ("pairs only, no-duplicate batches (before)", {"negatives": False, "separate_conversations": False,
-                                                   "group_by_length": False}, "window"),
-    ("+ interleaved negatives as triplets", {"negatives": True, "separate_conversations": False,
-                                             "group_by_length": False}, "window"),
-    ("+ no shared conversation in a batch", {"negatives": True, "separate_conversations": True,
-                                             "group_by_length": False}, "window"),
-    ("+ length-grouped batches", {"negatives": True, "separate_conversations": True, "group_by_length": True},
-     "window"),
-    ("+ whole-conversation positives", {"negatives": True, "separate_conversations": True, "group_by_length": True},
-     "conversation"),
-]  # fmt: skip
+    ("pairs only, no-duplicate batches (before)", _BEFORE, _WINDOW),
+    ("+ interleaved negatives as triplets", {**_BEFORE, "negatives": True}, _WINDOW),
+    ("+ no shared conversation in a batch", {**_BEFORE, "negatives": True, "separate_conversations": True}, _WINDOW),
+    ("+ length-grouped batches", {}, _WINDOW),
+    ("+ whole-conversation positives", {}, {"next_message_pairs": False}),
+    ("+ prefix -> next message pairs", {}, {}),
+]
 
 
 def dev_tasks(max_queries: int) -> dict[str, list]:
@@ -72,16 +71,29 @@ def score_dense(path: str, tasks: dict[str, list], cache: EmbeddingCache) -> dic
     return scores
 
 
-def warehouse_with(source: Path, folder: Path, thread_positive: str) -> Path:
-    """A copy of the warehouse whose `thread_pairs` are rebuilt with `thread_positive`."""
-    copy = folder / f"warehouse-{thread_positive}.duckdb"
+def warehouse_with(source: Path, folder: Path, pair_config: dict) -> Path:
+    """A copy of the warehouse whose `thread_pairs` and `temporal_pairs` are rebuilt with `pair_config`."""
+    copy = folder / f"warehouse-{fingerprint(pair_config)}.duckdb"
     if not copy.exists():
         shutil.copy(source, copy)
         with duckdb.connect(str(copy)) as con:
-            sources = [s for (s,) in con.execute("SELECT DISTINCT source FROM thread_pairs").fetchall()]
+            sources = [s for (s,) in con.execute("SELECT DISTINCT source FROM conversations").fetchall()]
             for name in sources:
-                build_pairs(con.cursor(), "A", name, PairConfig(thread_positive=thread_positive))
+                for strategy in ("A", "C"):
+                    build_pairs(con.cursor(), strategy, name, PairConfig(**pair_config))
     return copy
+
+
+def previous_run(path: Path | None) -> dict | None:
+    """The last variant of an earlier run's JSON (the variant a later code change is compared with)."""
+    if path is None:
+        return None
+    rows = json.loads(path.read_text())
+    last = rows[-1]["variant"]
+    return {
+        "name": last,
+        "scores": {(r["dataset"], r["task"]): np.array(r["per_query"]) for r in rows if r["variant"] == last},
+    }
 
 
 def main() -> int:
@@ -91,6 +103,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--max-queries", type=int, default=300)
     parser.add_argument("--variants", type=int, default=len(VARIANTS), help="how many of the variants to run")
+    parser.add_argument("--only", help="comma list of variant numbers (1-based) to run, without the base model")
+    parser.add_argument(
+        "--versus", type=Path, help="an earlier run's JSON: the first variant run is compared with its last one"
+    )
+    parser.add_argument("--label", help="name the first variant run this way (a code change measured against --versus)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     tasks = dev_tasks(args.max_queries)
@@ -101,14 +118,18 @@ def main() -> int:
         work = Path(tmp)
         cache = EmbeddingCache(work / "cache.duckdb")
         reference = {(d, t.name): query_mrr(t, bm25_scores(t)) for d, ts in tasks.items() for t in ts}
-        previous = {"name": "bm25", "scores": reference}
+        previous = previous_run(args.versus) or {"name": "bm25", "scores": reference}
         runs = [("base model (no training)", None, None)] + VARIANTS[: args.variants]
-        for name, flags, thread_positive in runs:
+        if args.only:
+            runs = [VARIANTS[int(i) - 1] for i in args.only.split(",")]
+        if args.label:
+            runs[0] = (args.label, *runs[0][1:])
+        for name, flags, pair_config in runs:
             started = time.perf_counter()
             path, pairs_per_second, steps = base, None, 0
             if flags is not None:
                 recipe = replace(PRESETS["cpu"][stage.name], max_steps=args.steps, max_minutes=600, **flags)
-                with duckdb.connect(str(warehouse_with(args.warehouse, work, thread_positive)), read_only=True) as con:
+                with duckdb.connect(str(warehouse_with(args.warehouse, work, pair_config)), read_only=True) as con:
                     sets = load_training_sets(
                         con,
                         stage.tables,

@@ -89,9 +89,11 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
                 + f"  ({meta['path'].value})"
             )
         if name in STAGES:
+            verdict = "published" if meta["published"].value else "not published, kept its start model"
             lines.append(
-                f"{name}: {meta['steps'].value} steps, {meta['pairs_per_second'].value} pairs/s, dev thread MRR@10 "
-                f"{meta['dev_mrr@10_before'].value} -> {meta['dev_mrr@10_after'].value}  ({meta['path'].value})"
+                f"{name}: {meta['steps'].value}/{meta['planned_steps'].value} steps, {meta['pairs_per_second'].value} "
+                f"pairs/s, dev thread MRR@10 {meta['dev_mrr@10_before'].value} -> {meta['dev_mrr@10_after'].value}, "
+                f"{verdict}; next stage starts from {meta['next_stage_starts_from'].value}  ({meta['hand_on'].value})"
             )
     for evaluation in result.get_asset_check_evaluations():
         outcome = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"

@@ -27,6 +27,11 @@ class PairConfig(dg.Config):
         "`window_messages` on each side; negative: the window around the interleaved neighbour).",
     )
     temporal_window: int = Field(default=3, description="Messages per window in temporal pairs.")
+    next_message_pairs: bool = Field(
+        default=True,
+        description="Temporal pairs also hold `prefix -> next message` rows: the `window_messages` messages before "
+        "a message and that message (negative: the interleaved neighbour), the shape of next-message retrieval.",
+    )
     response_messages: int = Field(default=2, description="Reply messages joined into a response.")
     max_message_chars: int = Field(default=300, description="A message longer than this is cut.")
     max_window_chars: int = Field(default=1000, description="A window longer than this is cut (model input).")
@@ -159,10 +164,11 @@ QUALIFY row_number() OVER (PARTITION BY q.conversation_id ORDER BY q.position) <
 """
 
 # Strategy C: consecutive windows of one conversation; negative: the window of the interleaved thread that holds
-# the neighbour of the positive window's first message.
+# the neighbour of the positive window's first message. With $next_message_pairs, also the messages before a message
+# (its prefix) and that message; negative: its interleaved neighbour (another conversation's message of that moment).
 _TEMPORAL_SQL = """
-SELECT 'C', $source, a.split, a.window_text, b.window_text, neg.window_text, a.conversation_id,
-    json_object('anchor_chunk', a.chunk, 'channel', first_message.channel,
+(SELECT 'C', $source, a.split, a.window_text, b.window_text, neg.window_text, a.conversation_id,
+    json_object('kind', 'next_window', 'anchor_chunk', a.chunk, 'channel', first_message.channel,
                 'negative_message_id', n.message_id, 'negative_conversation_id', n.conversation_id)
 FROM pair_chunks a
 JOIN pair_chunks b ON b.conversation_id = a.conversation_id AND b.chunk = a.chunk + 1
@@ -171,7 +177,15 @@ JOIN pair_context first_message
 LEFT JOIN pair_context n ON n.message_id = first_message.neighbour_id
 LEFT JOIN pair_chunks neg ON neg.conversation_id = n.conversation_id AND neg.chunk = n.chunk
 QUALIFY row_number() OVER (PARTITION BY a.conversation_id ORDER BY hash(a.chunk, $seed))
-    <= $max_pairs_per_conversation
+    <= $max_pairs_per_conversation)
+UNION ALL
+(SELECT 'C', $source, a.split, a.before_window, a.line, n.line, a.conversation_id,
+    json_object('kind', 'next_message', 'anchor_message_id', a.message_id, 'channel', a.channel,
+                'negative_message_id', n.message_id, 'negative_conversation_id', n.conversation_id)
+FROM pair_context a LEFT JOIN pair_context n ON n.message_id = a.neighbour_id
+WHERE $next_message_pairs AND a.before_window IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY a.conversation_id ORDER BY hash(a.message_id, $seed))
+    <= $max_pairs_per_conversation)
 """
 
 # Strategy D: a conversation's summary and the conversation itself (its opening window); negative: the window of
@@ -232,6 +246,7 @@ def build_pairs(con: duckdb.DuckDBPyConnection, strategy: str, source: str, conf
         "seed": config.seed,
         "response_messages": config.response_messages,
         "thread_positive": config.thread_positive,
+        "next_message_pairs": config.next_message_pairs,
     }
     used = {name: value for name, value in query_params.items() if f"${name}" in query}
     try:
