@@ -231,8 +231,7 @@ def run_stage(
     context.log.info(
         f"{stage.name}: {result.steps}/{result.planned_steps} steps, {result.pairs_per_second:.1f} pairs/s over "
         f"{result.train_seconds:.1f} s of training ({result.wall_seconds:.1f} s in all), dev {result.dev_before} -> "
-        f"{result.dev_after}; learned "
-        f"from {record['conversations']} conversations on {record['platforms']}"
+        f"{result.dev_after}; learned from {record['conversations']} conversations on {record['platforms']}"
     )
     return dg.MaterializeResult(metadata=_metadata(result, start_from, str(latest or ""), record, selection))
 

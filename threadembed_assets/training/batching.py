@@ -34,7 +34,7 @@ class ChatBatchSampler(NoDuplicatesBatchSampler):
         columns = [c for c in self.dataset.column_names if c != "dataset_name"]
         values = [self.dataset[c] for c in columns]
         self._values = [frozenset(hash(str(v)) for v in row) for row in zip(*values, strict=True)]
-        texts = [self.dataset[c] for c in columns if c in TEXT_COLUMNS]
+        texts = [column for name, column in zip(columns, values, strict=True) if name in TEXT_COLUMNS]
         self._lengths = np.array([max(len(t) for t in row) for row in zip(*texts, strict=True)]) if texts else None
 
     def _iter_one_pass(self, get_sample_values: Callable, has_overlap: Callable) -> Iterator[list[int]]:

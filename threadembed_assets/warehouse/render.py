@@ -43,8 +43,8 @@ def mentions_sql(text: str, platform: str) -> str:
 
 # The same rendering in SQL, over the columns `m.author`, `m.text` and `m.platform` (see render_message).
 RENDER_MESSAGE_SQL = (
-    f"CASE WHEN m.author IS NULL OR m.author = '' THEN {mentions_sql('m.text', 'm.platform')} "
-    f"ELSE m.author || ': ' || {mentions_sql('m.text', 'm.platform')} END"
+    f"CASE WHEN m.author IS NULL OR m.author = '' THEN '' ELSE m.author || ': ' END || "
+    f"{mentions_sql('m.text', 'm.platform')}"
 )
 
 
