@@ -1,13 +1,13 @@
-"""The training recipe's ablation: each change, added one at a time to stage 1 (`thread_model`'s tables, from the
-base model, the same step budget), scored as the model alone (plain dense) on held-out real chat of two platforms,
-with paired verdicts against the variant before it and against BM25 on the same queries.
+"""The training recipe's ablation: stage variants, each trained on the `ubuntu_irc` tables with the `cpu` preset's
+step budget and scored as the model alone (plain dense) on held-out real chat of two platforms, with paired verdicts
+against the variant it changes and against BM25 on the same queries.
 
-    python bench/ablation.py --warehouse data/warehouse.duckdb [--steps 100] [--max-queries 300] [--json out.json]
+    python bench/ablation.py --warehouse data/warehouse.duckdb [--only 1,3] [--max-queries 300] [--json out.json]
 
-The warehouse needs `messages` and `conversations` of the sources to train on (`make run` builds them); the
-variants rebuild `thread_pairs` and `temporal_pairs` of every source in a copy of it. Dev sets: `irc_dev.jsonl` and
-the Slack channel `elmlang-general-2019.xml` of ../shared (never trained on); tasks: thread (a message finds its
-conversation) and response_message (a prefix finds the next message).
+The warehouse needs `messages`, `conversations` and the pair tables of the sources to train on (`make run` builds
+them); a variant with its own pair config rebuilds `thread_pairs` and `temporal_pairs` of every source in a copy of
+it. Dev sets: `irc_dev.jsonl` and the Slack channel `elmlang-general-2019.xml` of ../shared (never trained on);
+tasks: thread (a message finds its conversation) and response_message (a prefix finds the next message).
 """
 
 import argparse
@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -36,17 +36,45 @@ from threadembed_assets.training.train import fingerprint, load_model, train_sta
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = ("thread", "response_message")
+BASE = "base model (no training)"
 
-# Cumulative: each variant is the one before it plus one change: (name, recipe flags, pair config).
-_BEFORE = {"negatives": False, "separate_conversations": False, "group_by_length": False}
-_WINDOW = {"thread_positive": "window", "next_message_pairs": False}
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained (or only re-read) model of the ablation and the variant it is compared with."""
+
+    name: str
+    versus: str  # the variant it changes (or BASE)
+    stage: str = "thread_model"  # whose `cpu` recipe and step budget it trains with
+    tables: tuple[str, ...] | None = None  # pair tables it learns from (None: the stage's own)
+    start: str = BASE  # the variant whose model it starts from
+    recipe: dict = field(default_factory=dict)  # overrides of the stage's `cpu` recipe
+    pairs: dict = field(default_factory=dict)  # PairConfig of the rebuilt thread and temporal pairs
+    inference_length: int | None = None  # re-read `start`'s model with this max_seq_length instead of training
+
+
+# Pair tables by strategy letter (see the README's pair tables).
+_A, _AC = ("thread_pairs",), ("thread_pairs", "temporal_pairs")
+_BD = ("query_response_pairs", "summary_pairs")
+_BCD = ("query_response_pairs", "temporal_pairs", "summary_pairs")
+STAGE1 = "stage 1: A + C (the recipe before)"
+STAGE1_A = "stage 1: A alone (the recipe)"
+STAGE2 = "stage 2: B + C + D after A alone (the recipe)"
 VARIANTS = [
-    ("pairs only, no-duplicate batches (before)", _BEFORE, _WINDOW),
-    ("+ interleaved negatives as triplets", {**_BEFORE, "negatives": True}, _WINDOW),
-    ("+ no shared conversation in a batch", {**_BEFORE, "negatives": True, "separate_conversations": True}, _WINDOW),
-    ("+ length-grouped batches", {}, _WINDOW),
-    ("+ whole-conversation positives", {}, {"next_message_pairs": False}),
-    ("+ prefix -> next message pairs", {}, {}),
+    Variant(STAGE1, BASE, tables=_AC),
+    Variant("stage 1: A + C at learning rate 1e-4", STAGE1, tables=_AC, recipe={"learning_rate": 1e-4}),
+    Variant("stage 1: A + C read at 512 tokens", STAGE1, start=STAGE1, inference_length=512),
+    Variant(STAGE1_A, STAGE1, tables=_A),
+    Variant("stage 2: B + D after A + C (the recipe before)", STAGE1, "retrieval_model", tables=_BD, start=STAGE1),
+    Variant(STAGE2, STAGE1_A, "retrieval_model", tables=_BCD, start=STAGE1_A),
+    Variant(
+        "stage 2 without prefix -> next message pairs",
+        STAGE2,
+        "retrieval_model",
+        tables=_BCD,
+        start=STAGE1_A,
+        pairs={"next_message_pairs": False},
+    ),
 ]
 
 
@@ -60,9 +88,15 @@ def query_mrr(task, scores: np.ndarray) -> np.ndarray:
     return per_query(ranks_of_relevant(scores, np.array(task.relevant), task.allowed()))["mrr@10"]
 
 
-def score_dense(path: str, tasks: dict[str, list], cache: EmbeddingCache) -> dict[tuple[str, str], np.ndarray]:
+def score_dense(
+    path: str, tasks: dict[str, list], cache: EmbeddingCache, inference_length: int | None = None
+) -> dict[tuple[str, str], np.ndarray]:
+    """Per-query MRR@10 of the model at `path` alone (plain dense) on every task; `inference_length` re-reads it with
+    that max_seq_length."""
     model = load_model(path, "cpu")
-    key = model_key(path)
+    if inference_length:
+        model.max_seq_length = inference_length
+    key = f"{model_key(path)}@{model.max_seq_length}"
     scores = {}
     for dataset, task_list in tasks.items():
         for task in task_list:
@@ -84,91 +118,95 @@ def warehouse_with(source: Path, folder: Path, pair_config: dict) -> Path:
     return copy
 
 
-def previous_run(path: Path | None) -> dict | None:
-    """The last variant of an earlier run's JSON (the variant a later code change is compared with)."""
-    if path is None:
-        return None
-    rows = json.loads(path.read_text())
-    last = rows[-1]["variant"]
-    return {
-        "name": last,
-        "scores": {(r["dataset"], r["task"]): np.array(r["per_query"]) for r in rows if r["variant"] == last},
-    }
+def with_dependencies(wanted: list[Variant]) -> list[Variant]:
+    """`wanted` and the variants they start from or are compared with, each after those it needs."""
+    by_name = {v.name: v for v in VARIANTS}
+    ordered: list[Variant] = []
+
+    def add(variant: Variant) -> None:
+        for needed in (variant.start, variant.versus):
+            if needed in by_name:
+                add(by_name[needed])
+        if variant not in ordered:
+            ordered.append(variant)
+
+    for variant in wanted:
+        add(variant)
+    return ordered
+
+
+def train_variant(variant: Variant, start_from: str, warehouse: Path, work: Path) -> tuple[str, float, int]:
+    """Train `variant` from `start_from`: (its model's folder, training pairs/s, steps)."""
+    stage = STAGES[variant.stage]
+    recipe = replace(PRESETS["cpu"][stage.name], max_minutes=600, **variant.recipe)
+    with duckdb.connect(str(warehouse_with(warehouse, work, variant.pairs)), read_only=True) as con:
+        sets = load_training_sets(
+            con,
+            list(variant.tables or stage.tables),
+            recipe.max_pairs,
+            13,
+            negatives=recipe.negatives,
+            separate_conversations=recipe.separate_conversations,
+        )
+    folder = fingerprint(variant.name)
+    result = train_stage(
+        stage=stage.name,
+        start_from=start_from,
+        train_sets=sets,
+        eval_sets={},
+        recipe=recipe,
+        device="cpu",
+        precision="fp32",
+        eval_batch_size=64,
+        work_dir=work / f"work-{folder}",
+        run_dir=work / f"run-{folder}",
+        seed=13,
+        log=lambda message: None,
+    )
+    return str(result.run_dir), result.pairs_per_second, result.steps
 
 
 def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--max-queries", type=int, default=300)
-    parser.add_argument("--variants", type=int, default=len(VARIANTS), help="how many of the variants to run")
-    parser.add_argument("--only", help="comma list of variant numbers (1-based) to run, without the base model")
-    parser.add_argument(
-        "--versus", type=Path, help="an earlier run's JSON: the first variant run is compared with its last one"
-    )
-    parser.add_argument("--label", help="name the first variant run this way (a code change measured against --versus)")
+    parser.add_argument("--only", help="comma list of variant numbers (1-based): those and the variants they need")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     tasks = dev_tasks(args.max_queries)
-    stage = STAGES["thread_model"]
-    base = ModelStore().base_model_path()
+    wanted = [VARIANTS[int(i) - 1] for i in args.only.split(",")] if args.only else VARIANTS
+    paths = {BASE: ModelStore().base_model_path()}
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = EmbeddingCache(work / "cache.duckdb")
-        reference = {(d, t.name): query_mrr(t, bm25_scores(t)) for d, ts in tasks.items() for t in ts}
-        previous = previous_run(args.versus) or {"name": "bm25", "scores": reference}
-        runs = [("base model (no training)", None, None)] + VARIANTS[: args.variants]
-        if args.only:
-            runs = [VARIANTS[int(i) - 1] for i in args.only.split(",")]
-        if args.label:
-            runs[0] = (args.label, *runs[0][1:])
-        for name, flags, pair_config in runs:
+        scores = {"bm25": {(d, t.name): query_mrr(t, bm25_scores(t)) for d, ts in tasks.items() for t in ts}}
+        scores[BASE] = score_dense(paths[BASE], tasks, cache)
+        for variant in with_dependencies(wanted):
             started = time.perf_counter()
-            path, pairs_per_second, steps = base, None, 0
-            if flags is not None:
-                recipe = replace(PRESETS["cpu"][stage.name], max_steps=args.steps, max_minutes=600, **flags)
-                with duckdb.connect(str(warehouse_with(args.warehouse, work, pair_config)), read_only=True) as con:
-                    sets = load_training_sets(
-                        con,
-                        stage.tables,
-                        recipe.max_pairs,
-                        13,
-                        negatives=recipe.negatives,
-                        separate_conversations=recipe.separate_conversations,
-                    )
-                result = train_stage(
-                    stage=stage.name,
-                    start_from=base,
-                    train_sets=sets,
-                    eval_set=({}, {}, {}),
-                    recipe=recipe,
-                    device="cpu",
-                    precision="fp32",
-                    eval_batch_size=64,
-                    work_dir=work / f"work-{len(rows)}",
-                    run_dir=work / f"run-{len(rows)}",
-                    seed=13,
-                    log=lambda message: None,
+            pairs_per_second, steps = None, 0
+            if variant.inference_length:
+                paths[variant.name] = paths[variant.start]
+            else:
+                paths[variant.name], pairs_per_second, steps = train_variant(
+                    variant, paths[variant.start], args.warehouse, work
                 )
-                path, pairs_per_second, steps = str(result.run_dir), result.pairs_per_second, result.steps
-            scores = score_dense(path, tasks, cache)
-            for key, values in scores.items():
-                row = {"variant": name, "dataset": key[0], "task": key[1], "mrr@10": float(values.mean())}
+            scores[variant.name] = score_dense(paths[variant.name], tasks, cache, variant.inference_length)
+            for key, values in scores[variant.name].items():
+                row = {"variant": variant.name, "dataset": key[0], "task": key[1], "mrr@10": float(values.mean())}
                 row["per_query"] = values.tolist()
-                for label, other in [("bm25", reference), ("previous", previous["scores"])]:
-                    delta, p = paired_test(values, other[key])
+                for label, other in [("bm25", "bm25"), ("versus", variant.versus)]:
+                    delta, p = paired_test(values, scores[other][key])
                     row[f"vs_{label}"] = {"delta": delta, "p": p, "verdict": verdict(delta, p)}
-                row.update(steps=steps, pairs_per_second=pairs_per_second, versus=previous["name"])
+                row.update(steps=steps, pairs_per_second=pairs_per_second, versus=variant.versus)
                 rows.append(row)
-            print(f"{name}: {time.perf_counter() - started:.0f} s, {steps} steps", file=sys.stderr, flush=True)
-            previous = {"name": name, "scores": scores}
+            print(f"{variant.name}: {time.perf_counter() - started:.0f} s, {steps} steps", file=sys.stderr, flush=True)
         cache.close()
-    print("| variant | dataset | task | MRR@10 | vs BM25 | vs the row before | pairs/s |")
+    print("| variant | dataset | task | MRR@10 | vs BM25 | vs the variant it changes | pairs/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        versus = [f"{r[k]['verdict']} ({r[k]['delta']:+.3f}, p={r[k]['p']:.3f})" for k in ("vs_bm25", "vs_previous")]
+        versus = [f"{r[k]['verdict']} ({r[k]['delta']:+.3f}, p={r[k]['p']:.3f})" for k in ("vs_bm25", "vs_versus")]
         rate = f"{r['pairs_per_second']:.1f}" if r["pairs_per_second"] else "-"
         print(f"| {r['variant']} | {r['dataset']} | {r['task']} | {r['mrr@10']:.3f} | {' | '.join(versus)} | {rate} |")
     if args.json:

@@ -81,7 +81,7 @@ def ours(dataset, base: str, recipe: Recipe, work: Path, attempt: int) -> tuple[
         stage="bench",
         start_from=base,
         train_sets=DatasetDict({"thread_pairs": dataset}),
-        eval_set=({}, {}, {}),
+        eval_sets={},
         recipe=recipe,
         device="cpu",
         precision="fp32",

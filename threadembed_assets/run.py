@@ -42,6 +42,14 @@ def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.E
     )
 
 
+def _dev_pair(meta: dict, when: str) -> str:
+    """A stage's dev MRR@10 on thread and next-message retrieval, `before` or `after` the stage."""
+    return " / ".join(
+        str(meta[key].value) if key in meta else "-"
+        for key in (f"dev_mrr@10_thread_{when}", f"dev_mrr@10_next_message_{when}")
+    )
+
+
 def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
     """A few lines on what the warehouse holds for `source` and how the run's checks came out."""
     with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
@@ -92,7 +100,8 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
             verdict = "published" if meta["published"].value else "not published, kept its start model"
             lines.append(
                 f"{name}: {meta['steps'].value}/{meta['planned_steps'].value} steps, {meta['pairs_per_second'].value} "
-                f"pairs/s, dev thread MRR@10 {meta['dev_mrr@10_before'].value} -> {meta['dev_mrr@10_after'].value}, "
+                f"pairs/s, dev MRR@10 (thread / next message) {_dev_pair(meta, 'before')} -> "
+                f"{_dev_pair(meta, 'after')}, "
                 f"{verdict}; next stage starts from {meta['next_stage_starts_from'].value}  ({meta['hand_on'].value})"
             )
     for evaluation in result.get_asset_check_evaluations():

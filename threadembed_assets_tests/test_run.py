@@ -11,7 +11,7 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
     for table in ["thread_pairs", "query_response_pairs", "temporal_pairs", "summary_pairs", "hard_negative_pairs"]:
         assert f"check {table}.pair_quality: passed" in out
     for stage in ["thread_model", "retrieval_model", "hard_negative_model"]:
-        assert f"{stage}: " in out and "dev thread MRR@10" in out
+        assert f"{stage}: " in out and "dev MRR@10 (thread / next message)" in out
     assert "chat_ranker: thread " in out and "response_message " in out and "dev MRR@10" in out
     assert "benchmark_scores, MRR@10 (full dimension); queries from test-split conversations" in out
     table = out.split("benchmark_scores, MRR@10")[1]  # the run ends with the scores of base, baselines and stages

@@ -20,8 +20,13 @@ from threadembed_assets.sources.raw_cache import write_raw_cache
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.sources.schema import batched
 from threadembed_assets.training import train
-from threadembed_assets.training.assets import STAGES
-from threadembed_assets.training.data import GROUP_COLUMNS, load_training_sets, thread_retrieval_set
+from threadembed_assets.training.assets import STAGES, select
+from threadembed_assets.training.data import (
+    GROUP_COLUMNS,
+    dev_retrieval_sets,
+    load_training_sets,
+    thread_retrieval_set,
+)
 from threadembed_assets.training.mining import MiningConfig, load_mining_rows
 from threadembed_assets.training.presets import Recipe
 from threadembed_assets.training.resources import ComputeResource, ModelStore
@@ -63,10 +68,12 @@ def test_all_three_stages_train_real_steps_and_publish_latest(smoke_run):
     for stage in STAGE_NAMES:
         assert meta[stage]["steps"].value > 0 and meta[stage]["resumed_from_step"].value == 0
         assert meta[stage]["loss_curve"].value.records
-        assert set(meta[stage]["dev_after"].data) >= {"mrr@10", "ndcg@10", "accuracy@1"}
+        assert set(meta[stage]["dev_after"].data) == {"thread", "next_message"}
+        assert all(set(task) >= {"mrr@10", "ndcg@10", "accuracy@1"} for task in meta[stage]["dev_after"].data.values())
         latest = root / "models" / stage / "latest"
         assert latest.is_symlink() and (latest / "README.md").exists()  # sentence-transformers' model card
-        assert "dev_thread" in (latest / "README.md").read_text()
+        card = (latest / "README.md").read_text()
+        assert "dev_thread" in card and "dev_next_message" in card
         weights.append(first_weight(latest))
     for before, after in zip(weights, weights[1:], strict=False):
         assert not torch.equal(before, after)  # every stage moved the weights
@@ -156,6 +163,56 @@ def test_a_stage_worse_on_dev_does_not_move_latest(workdir, warehouse_db):
     assert Path(start).resolve() == Path(store.base_model_path()).resolve()
 
 
+def _scored(thread: float, next_message: float) -> dict[str, dict[str, float]]:
+    return {"thread": {"mrr@10": thread}, "next_message": {"mrr@10": next_message}}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "published"),
+    [
+        (_scored(0.80, 0.70), _scored(0.82, 0.70), True),  # better on one task, no loss on the other
+        (_scored(0.80, 0.70), _scored(0.86, 0.695), True),  # a small loss (within DEV_TOLERANCE) for a large gain
+        (_scored(0.80, 0.70), _scored(0.90, 0.65), False),  # a higher mean bought with a real loss on one task
+        (_scored(0.80, 0.70), _scored(0.79, 0.70), False),  # worse
+    ],
+)
+def test_a_stage_is_published_only_when_it_beats_its_start_on_dev_tasks(tmp_path, before, after, published):
+    result = train.StageResult(
+        run_dir=tmp_path, steps=1, planned_steps=1, final_learning_rate=0.0, resumed_from_step=0, pairs_seen=1,
+        pairs_per_second=1.0, train_seconds=1.0, wall_seconds=1.0, stopped_by_budget=False, loss_curve=[],
+        dev_before=before, dev_after=after,
+    )  # fmt: skip
+    record = select("thread_model", result, str(tmp_path / "start"), only_if_better=True)
+    assert record["published"] is published and record["beat_start"] is published
+    assert record["dev_mrr@10_by_task"] == {task: scores["mrr@10"] for task, scores in after.items()}
+    assert select("thread_model", result, str(tmp_path / "start"), only_if_better=False)["published"] is True
+
+
+def test_dev_sets_hold_thread_and_next_message_queries(workdir, warehouse_db):
+    """The dev retrieval sets come from dev-split conversations only; a next-message query finds the message that
+    followed its prefix, among the dev next messages and their interleaved neighbours."""
+    assert materialize_source("sample", warehouse_db, {"n_messages": 1500}, with_pairs=True).success
+    with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        sets = dev_retrieval_sets(con, 1000, 0)
+        dev_ids = {
+            f"sample/{cid}"
+            for (cid,) in con.execute("SELECT conversation_id FROM conversations WHERE split = 'dev'").fetchall()
+        }
+        next_rows = con.execute(
+            "SELECT 'sample/' || json_extract_string(meta, '$.anchor_message_id'), positive, negative "
+            "FROM temporal_pairs WHERE split = 'dev' "
+            "AND json_extract_string(meta, '$.kind') = 'next_message'"
+        ).fetchall()
+    assert set(sets) == {"thread", "next_message"}
+    assert set(sets["thread"][0]) <= dev_ids
+    queries, corpus, relevant = sets["next_message"]
+    assert len(queries) == len(next_rows) > 0
+    texts = {text for row in next_rows for text in row[1:] if text}
+    assert set(corpus.values()) == texts
+    wanted = {query_id: positive for query_id, positive, _ in next_rows}
+    assert all(corpus[next(iter(relevant[query_id]))] == wanted[query_id] for query_id in queries)
+
+
 def _stage_config(stage: str, **overrides) -> dict:
     return {stage: {"config": {"preset": "smoke", **overrides}}}
 
@@ -207,7 +264,7 @@ def test_matryoshka_training_keeps_retrieval_at_64_dimensions(tmp_path):
         stage="matryoshka",
         start_from=base_path,
         train_sets=train_pairs,
-        eval_set=({}, {}, {}),
+        eval_sets={},
         recipe=recipe,
         device="cpu",
         precision="fp32",

@@ -1,4 +1,5 @@
-"""Training data from the warehouse: train-split pairs of every source, and the dev thread-retrieval set.
+"""Training data from the warehouse: train-split pairs of every source, and the dev retrieval sets (thread and
+next message) a stage is measured on.
 
 Every reader takes `exclude_platforms`: conversations of those platforms (the `platform` of the `conversations`
 row that a pair's (source, conversation_id) names) never reach a stage, neither as pairs nor as evaluation.
@@ -171,3 +172,46 @@ def thread_retrieval_set(
     corpus = {doc_id: text for doc_id, _, text in rows if text}
     queries = {doc_id: query for doc_id, query, _ in rows if query and doc_id in corpus}
     return queries, corpus, {doc_id: {doc_id} for doc_id in queries}
+
+
+def next_message_retrieval_set(
+    con: duckdb.DuckDBPyConnection,
+    split: str,
+    n_queries: int,
+    seed: int,
+    exclude_platforms: list[str] | tuple[str, ...] = (),
+) -> tuple[dict, dict, dict]:
+    """Queries, corpus and relevant docs for next-message retrieval on `split`: a prefix (the messages before a
+    message, `temporal_pairs` rows of kind `next_message`) finds that message. The corpus holds the next messages of
+    every such row of the split and their interleaved neighbours (the rows' negatives) as distractors; empty when
+    `temporal_pairs` has not been built."""
+    if "temporal_pairs" not in table_names(con):
+        return {}, {}, {}
+    rows = con.execute(
+        f"""
+        SELECT p.source || '/' || json_extract_string(p.meta, '$.anchor_message_id') AS query_id, p.anchor,
+            p.positive, p.negative
+        FROM temporal_pairs p {PAIR_CONVERSATION_JOIN}
+        WHERE p.split = $split AND json_extract_string(p.meta, '$.kind') = 'next_message'
+            AND {ALLOWED_CONVERSATION_SQL}
+        ORDER BY hash(query_id, $seed)
+        """,
+        {"split": split, "seed": seed, "excluded": list(exclude_platforms)},
+    ).fetchall()
+    texts = list(dict.fromkeys(text for _, _, positive, negative in rows for text in (positive, negative) if text))
+    doc_id = {text: f"m{index}" for index, text in enumerate(texts)}
+    queries = {query_id: anchor for query_id, anchor, *_ in rows[:n_queries]}
+    relevant = {query_id: {doc_id[positive]} for query_id, _, positive, *_ in rows[:n_queries]}
+    return queries, {i: text for text, i in doc_id.items()}, relevant
+
+
+def dev_retrieval_sets(
+    con: duckdb.DuckDBPyConnection, n_queries: int, seed: int, exclude_platforms: list[str] | tuple[str, ...] = ()
+) -> dict[str, tuple[dict, dict, dict]]:
+    """The dev-split retrieval sets a stage is measured and selected on, by task: `thread` (a message finds its
+    conversation) and `next_message` (a prefix finds the next message); a task without queries is left out."""
+    sets = {
+        "thread": thread_retrieval_set(con, "dev", n_queries, seed, exclude_platforms=exclude_platforms),
+        "next_message": next_message_retrieval_set(con, "dev", n_queries, seed, exclude_platforms=exclude_platforms),
+    }
+    return {task: retrieval for task, retrieval in sets.items() if retrieval[0]}

@@ -15,7 +15,7 @@ from pathlib import Path
 from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer import losses
-from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
 from transformers import TrainerCallback
 
 from threadembed_assets.training.batching import ChatTrainer, batch_sampler
@@ -140,35 +140,48 @@ class StageResult:
     wall_seconds: float  # the whole stage: loading, dev evaluation before and after, training, saves
     stopped_by_budget: bool
     loss_curve: list[tuple[int, float]]
-    dev_before: dict[str, float]
-    dev_after: dict[str, float]
+    dev_before: dict[str, dict[str, float]]  # task -> headline scores of the start model on dev
+    dev_after: dict[str, dict[str, float]]  # task -> headline scores of the trained model on dev
     hyperparameters: dict = field(default_factory=dict)
 
 
-def dev_evaluator(eval_set: tuple[dict, dict, dict], batch_size: int) -> InformationRetrievalEvaluator | None:
-    """sentence-transformers' IR evaluator on the dev thread-retrieval set (None when the set is empty)."""
-    queries, corpus, relevant = eval_set
-    if not queries:
-        return None
-    return InformationRetrievalEvaluator(
-        queries,
-        corpus,
-        relevant,
-        name="dev_thread",
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        accuracy_at_k=[1, 10],
-        precision_recall_at_k=[1, 10],
-        map_at_k=[10],
-        batch_size=batch_size,
-        write_csv=False,
+def dev_evaluator(eval_sets: dict[str, tuple[dict, dict, dict]], batch_size: int) -> SequentialEvaluator | None:
+    """sentence-transformers' IR evaluator on each dev retrieval set (`dev_<task>`), in sequence; None without any."""
+    evaluators = [
+        InformationRetrievalEvaluator(
+            queries,
+            corpus,
+            relevant,
+            name=f"dev_{task}",
+            mrr_at_k=[10],
+            ndcg_at_k=[10],
+            accuracy_at_k=[1, 10],
+            precision_recall_at_k=[1, 10],
+            map_at_k=[10],
+            batch_size=batch_size,
+            write_csv=False,
+        )
+        for task, (queries, corpus, relevant) in eval_sets.items()
+        if queries
+    ]
+    return (
+        SequentialEvaluator(evaluators, main_score_function=lambda scores: sum(scores) / len(scores))
+        if evaluators
+        else None
     )
 
 
-def headline(scores: dict) -> dict[str, float]:
-    """MRR@10, NDCG@10 and accuracy@1/10 of an IR evaluation."""
+def headline(scores: dict, tasks: list[str]) -> dict[str, dict[str, float]]:
+    """MRR@10, NDCG@10 and accuracy@1/10 of each task's IR evaluation."""
     wanted = ("mrr@10", "ndcg@10", "accuracy@1", "accuracy@10")
-    return {key.split("cosine_")[-1]: round(value, 4) for key, value in scores.items() if key.endswith(wanted)}
+    return {
+        task: {
+            key.split("cosine_")[-1]: round(value, 4)
+            for key, value in scores.items()
+            if key.startswith(f"dev_{task}_cosine_") and key.endswith(wanted)
+        }
+        for task in tasks
+    }
 
 
 def train_stage(
@@ -176,7 +189,7 @@ def train_stage(
     stage: str,
     start_from: str,
     train_sets: DatasetDict,
-    eval_set: tuple[dict, dict, dict],
+    eval_sets: dict[str, tuple[dict, dict, dict]],
     recipe: Recipe,
     device: str,
     precision: str,
@@ -187,15 +200,17 @@ def train_stage(
     log: Callable[[str], None],
 ) -> StageResult:
     """Train `start_from` on `train_sets` (one dataset per table and shape, see `load_training_sets`) per `recipe`,
-    save it to `run_dir` with its model card.
+    save it to `run_dir` with its model card. `eval_sets` are the dev retrieval sets by task (`dev_retrieval_sets`),
+    scored before and after.
 
     Checkpoints go to `work_dir`; when it already holds one (a killed run of the same inputs), training
     resumes from it. The work folder is removed once `run_dir` is complete.
     """
     started = time.monotonic()
     model = load_model(start_from, device)
-    evaluator = dev_evaluator(eval_set, eval_batch_size)
-    dev_before = headline(evaluator(model)) if evaluator else {}
+    evaluator = dev_evaluator(eval_sets, eval_batch_size)
+    tasks = [task for task, (queries, _, _) in eval_sets.items() if queries]
+    dev_before = headline(evaluator(model), tasks) if evaluator else {}
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
@@ -232,7 +247,7 @@ def train_stage(
     final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
     train_seconds, pairs_per_second = progress.train_seconds(), progress.pairs_per_second()
-    dev_after = headline(evaluator(model)) if evaluator else {}
+    dev_after = headline(evaluator(model), tasks) if evaluator else {}
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial))
