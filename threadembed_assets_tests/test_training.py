@@ -189,28 +189,26 @@ def test_a_stage_is_published_only_when_it_beats_its_start_on_dev_tasks(tmp_path
 
 
 def test_dev_sets_hold_thread_and_next_message_queries(workdir, warehouse_db):
-    """The dev retrieval sets come from dev-split conversations only; a next-message query finds the message that
-    followed its prefix, among the dev next messages and their interleaved neighbours."""
+    """The dev retrieval sets come from dev-split conversations only; a next-message query (one per conversation)
+    finds the message that followed its prefix among the queries' next messages and their interleaved neighbours,
+    so no other message of its own conversation (a line of its prefix) is in the corpus to be found instead."""
     assert materialize_source("sample", warehouse_db, {"n_messages": 1500}, with_pairs=True).success
     with duckdb.connect(str(warehouse_db), read_only=True) as con:
         sets = dev_retrieval_sets(con, 1000, 0)
-        dev_ids = {
-            f"sample/{cid}"
-            for (cid,) in con.execute("SELECT conversation_id FROM conversations WHERE split = 'dev'").fetchall()
-        }
+        dev = con.execute("SELECT 'sample/' || conversation_id FROM conversations WHERE split = 'dev'").fetchall()
         next_rows = con.execute(
-            "SELECT 'sample/' || json_extract_string(meta, '$.anchor_message_id'), positive, negative "
-            "FROM temporal_pairs WHERE split = 'dev' "
+            "SELECT 'sample/' || json_extract_string(meta, '$.anchor_message_id'), 'sample/' || conversation_id, "
+            "anchor, positive, negative FROM temporal_pairs WHERE split = 'dev' "
             "AND json_extract_string(meta, '$.kind') = 'next_message'"
         ).fetchall()
     assert set(sets) == {"thread", "next_message"}
-    assert set(sets["thread"][0]) <= dev_ids
+    assert set(sets["thread"][0]) <= {cid for (cid,) in dev}
     queries, corpus, relevant = sets["next_message"]
-    assert len(queries) == len(next_rows) > 0
-    texts = {text for row in next_rows for text in row[1:] if text}
-    assert set(corpus.values()) == texts
-    wanted = {query_id: positive for query_id, positive, _ in next_rows}
-    assert all(corpus[next(iter(relevant[query_id]))] == wanted[query_id] for query_id in queries)
+    rows = {query_id: row for query_id, *row in next_rows}
+    assert len(queries) == len({cid for _, cid, *_ in next_rows}) > 0  # one query per conversation
+    assert len({rows[query_id][0] for query_id in queries}) == len(queries)
+    assert set(corpus.values()) == {text for query_id in queries for text in rows[query_id][2:] if text}
+    assert all(corpus[next(iter(relevant[query_id]))] == rows[query_id][2] for query_id in queries)
 
 
 def _stage_config(stage: str, **overrides) -> dict:

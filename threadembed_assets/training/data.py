@@ -182,9 +182,9 @@ def next_message_retrieval_set(
     exclude_platforms: list[str] | tuple[str, ...] = (),
 ) -> tuple[dict, dict, dict]:
     """Queries, corpus and relevant docs for next-message retrieval on `split`: a prefix (the messages before a
-    message, `temporal_pairs` rows of kind `next_message`) finds that message. The corpus holds the next messages of
-    every such row of the split and their interleaved neighbours (the rows' negatives) as distractors; empty when
-    `temporal_pairs` has not been built."""
+    message, a `temporal_pairs` row of kind `next_message`) finds that message. One query per conversation, so that
+    no query's own prefix lines are another query's answer; the corpus holds the queries' next messages and their
+    interleaved neighbours (the rows' negatives). Empty when `temporal_pairs` has not been built."""
     if "temporal_pairs" not in table_names(con):
         return {}, {}, {}
     rows = con.execute(
@@ -194,14 +194,15 @@ def next_message_retrieval_set(
         FROM temporal_pairs p {PAIR_CONVERSATION_JOIN}
         WHERE p.split = $split AND json_extract_string(p.meta, '$.kind') = 'next_message'
             AND {ALLOWED_CONVERSATION_SQL}
-        ORDER BY hash(query_id, $seed)
+        QUALIFY row_number() OVER (PARTITION BY p.source, p.conversation_id ORDER BY hash(query_id, $seed)) = 1
+        ORDER BY hash(query_id, $seed) LIMIT $n
         """,
-        {"split": split, "seed": seed, "excluded": list(exclude_platforms)},
+        {"split": split, "seed": seed, "n": n_queries, "excluded": list(exclude_platforms)},
     ).fetchall()
     texts = list(dict.fromkeys(text for _, _, positive, negative in rows for text in (positive, negative) if text))
     doc_id = {text: f"m{index}" for index, text in enumerate(texts)}
-    queries = {query_id: anchor for query_id, anchor, *_ in rows[:n_queries]}
-    relevant = {query_id: {doc_id[positive]} for query_id, _, positive, *_ in rows[:n_queries]}
+    queries = {query_id: anchor for query_id, anchor, *_ in rows}
+    relevant = {query_id: {doc_id[positive]} for query_id, _, positive, _ in rows}
     return queries, {i: text for text, i in doc_id.items()}, relevant
 
 
