@@ -58,10 +58,14 @@ def _start_path(stage: Stage, models: ModelStore) -> str:
 DEV_TOLERANCE = 0.01
 
 
-def dev_score(scores: dict[str, dict[str, float]]) -> float | None:
-    """The selection score of a stage's dev scores: MRR@10 averaged over the dev tasks (None without any)."""
-    values = [task["mrr@10"] for task in scores.values() if "mrr@10" in task]
-    return round(sum(values) / len(values), 4) if values else None
+def task_mrr(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """MRR@10 of each dev task of a stage's dev scores (`StageResult.dev_before` / `dev_after`)."""
+    return {task: metrics["mrr@10"] for task, metrics in scores.items() if "mrr@10" in metrics}
+
+
+def dev_score(by_task: dict[str, float]) -> float | None:
+    """The selection score: MRR@10 (`task_mrr`) averaged over the dev tasks (None without any)."""
+    return round(sum(by_task.values()) / len(by_task), 4) if by_task else None
 
 
 def select(stage: str, result: StageResult, start_from: str, only_if_better: bool) -> dict:
@@ -69,13 +73,10 @@ def select(stage: str, result: StageResult, start_from: str, only_if_better: boo
     the model it started from on dev (a higher MRR@10 averaged over the dev tasks, and no task down more than
     DEV_TOLERANCE), or when `only_if_better` is off, or there is no dev set; else that model. The record names the
     stage whose model won, also written to the run's folder and model card."""
-    before, after = dev_score(result.dev_before), dev_score(result.dev_after)
-    drops = {
-        task: round(result.dev_before[task]["mrr@10"] - scores["mrr@10"], 4)
-        for task, scores in result.dev_after.items()
-        if task in result.dev_before
-    }
-    better = before is None or after is None or (after > before and max(drops.values(), default=0.0) <= DEV_TOLERANCE)
+    start_by_task, by_task = task_mrr(result.dev_before), task_mrr(result.dev_after)
+    before, after = dev_score(start_by_task), dev_score(by_task)
+    drops = [round(start_by_task[task] - mrr, 4) for task, mrr in by_task.items() if task in start_by_task]
+    better = before is None or after is None or (after > before and max(drops, default=0.0) <= DEV_TOLERANCE)
     published = better or not only_if_better
     start_record = Path(start_from) / SELECTION_FILE
     start_winner = json.loads(start_record.read_text())["winner"] if start_record.is_file() else "base model"
@@ -84,8 +85,8 @@ def select(stage: str, result: StageResult, start_from: str, only_if_better: boo
         "start_from": start_from,
         "dev_mrr@10_start": before,
         "dev_mrr@10": after,
-        "dev_mrr@10_by_task": {task: scores.get("mrr@10") for task, scores in result.dev_after.items()},
-        "dev_mrr@10_start_by_task": {task: scores.get("mrr@10") for task, scores in result.dev_before.items()},
+        "dev_mrr@10_by_task": by_task,
+        "dev_mrr@10_start_by_task": start_by_task,
         "beat_start": better,
         "published": published,
         "winner": stage if published else start_winner,
@@ -153,9 +154,12 @@ def _metadata(result: StageResult, start_from: str, latest: str, record: dict, s
         ]
     )
     per_task = {
-        f"dev_mrr@10_{task}_{when}": scores.get(task, {}).get("mrr@10", 0.0)
-        for task in result.dev_after
-        for when, scores in [("before", result.dev_before), ("after", result.dev_after)]
+        f"dev_mrr@10_{task}_{when}": by_task.get(task, 0.0)
+        for task in selection["dev_mrr@10_by_task"]
+        for when, by_task in [
+            ("before", selection["dev_mrr@10_start_by_task"]),
+            ("after", selection["dev_mrr@10_by_task"]),
+        ]
     }
     return {
         "path": dg.MetadataValue.path(latest),

@@ -171,17 +171,15 @@ def dev_evaluator(eval_sets: dict[str, tuple[dict, dict, dict]], batch_size: int
     )
 
 
-def headline(scores: dict, tasks: list[str]) -> dict[str, dict[str, float]]:
-    """MRR@10, NDCG@10 and accuracy@1/10 of each task's IR evaluation."""
+def headline(scores: dict) -> dict[str, dict[str, float]]:
+    """MRR@10, NDCG@10 and accuracy@1/10 of each task's IR evaluation (`dev_<task>_cosine_<metric>` keys), by task."""
     wanted = ("mrr@10", "ndcg@10", "accuracy@1", "accuracy@10")
-    return {
-        task: {
-            key.split("cosine_")[-1]: round(value, 4)
-            for key, value in scores.items()
-            if key.startswith(f"dev_{task}_cosine_") and key.endswith(wanted)
-        }
-        for task in tasks
-    }
+    by_task: dict[str, dict[str, float]] = {}
+    for key, value in scores.items():
+        if key.startswith("dev_") and "_cosine_" in key and key.endswith(wanted):
+            task, metric = key.removeprefix("dev_").split("_cosine_")
+            by_task.setdefault(task, {})[metric] = round(value, 4)
+    return by_task
 
 
 def train_stage(
@@ -209,8 +207,7 @@ def train_stage(
     started = time.monotonic()
     model = load_model(start_from, device)
     evaluator = dev_evaluator(eval_sets, eval_batch_size)
-    tasks = [task for task, (queries, _, _) in eval_sets.items() if queries]
-    dev_before = headline(evaluator(model), tasks) if evaluator else {}
+    dev_before = headline(evaluator(model)) if evaluator else {}
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
@@ -247,7 +244,7 @@ def train_stage(
     final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
     train_seconds, pairs_per_second = progress.train_seconds(), progress.pairs_per_second()
-    dev_after = headline(evaluator(model), tasks) if evaluator else {}
+    dev_after = headline(evaluator(model)) if evaluator else {}
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial))
