@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export THREADEMBED_DATA_DIR ?= data
 export THREADEMBED_MODELS_DIR ?= models
 
-.PHONY: run test eval ui lint install
+.PHONY: run test eval ui lint install search serve
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,16 @@ test: install
 lint: install
 	$(BIN)/ruff check threadembed_assets threadembed_assets_tests bench
 	$(BIN)/ruff format --check threadembed_assets threadembed_assets_tests bench
+
+# Search the source's conversation index (built by `make run`): make search Q="grub broke after a kernel update"
+search: install
+	@test -n "$(Q)" || { echo 'usage: make search Q="what to look for" [SOURCE=...]'; exit 2; }
+	$(BIN)/python -m threadembed_assets.search "$(Q)" --source $(SOURCE)
+
+# The search HTTP API on 127.0.0.1:$(PORT) (OpenAPI at /docs).
+PORT ?= 8000
+serve: install
+	$(BIN)/python -m threadembed_assets.search.http --source $(SOURCE) --port $(PORT)
 
 ui: install
 	@mkdir -p $(DAGSTER_HOME)

@@ -9,6 +9,7 @@ from threadembed_assets import settings
 from threadembed_assets.benchmark.assets import BENCHMARK_ASSETS
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.checks import build_pair_quality_check
+from threadembed_assets.search.assets import SEARCH_ASSETS
 from threadembed_assets.sources.assets import RAW_ASSETS
 from threadembed_assets.sources.automation import (
     chat_export_job,
@@ -48,6 +49,7 @@ ASSETS = [
     *PAIR_ASSETS,
     *TRAINING_ASSETS,
     *BENCHMARK_ASSETS,
+    *SEARCH_ASSETS,
 ]
 ASSET_CHECKS = [build_pair_quality_check(asset) for asset in [*PAIR_ASSETS, hard_negative_pairs]]
 

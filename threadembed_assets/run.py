@@ -15,7 +15,12 @@ from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
 from threadembed_assets.pairs.build import STRATEGIES
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.training.assets import STAGES
-from threadembed_assets.training.presets import BENCHMARK_QUERIES, MINING_ANCHORS, RANKER_QUERIES
+from threadembed_assets.training.presets import (
+    BENCHMARK_QUERIES,
+    INDEX_TUNE_MESSAGES,
+    MINING_ANCHORS,
+    RANKER_QUERIES,
+)
 from threadembed_assets.warehouse.schema import table_names
 
 
@@ -36,6 +41,7 @@ def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.E
                 "hard_negative_pairs": {"config": {"max_anchors": MINING_ANCHORS[preset]}},
                 "chat_ranker": {"config": {"max_queries": RANKER_QUERIES[preset]}},
                 "benchmark_tasks": {"config": {"max_queries": BENCHMARK_QUERIES[preset]}},
+                "conversation_index": {"config": {"tune_messages": INDEX_TUNE_MESSAGES[preset]}},
             },
         },
         raise_on_error=False,
@@ -95,6 +101,12 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
                     f"{kind} {learners[kind]} dev MRR@10 {meta[f'dev_mrr@10_{kind}'].value}" for kind in learners
                 )
                 + f"  ({meta['path'].value})"
+            )
+        if name == "conversation_index":
+            lines.append(
+                f"conversation_index: {meta['dagster/row_count'].value} conversations, ANN recall@10 "
+                f"{meta['ann_recall@10'].value}, is_new balanced accuracy {meta['is_new_balanced_accuracy'].value}, "
+                f'ranker {meta["ranker"].value}; search it: make search Q="..."  ({meta["path"].value})'
             )
         if name in STAGES:
             verdict = "published" if meta["published"].value else "not published, kept its start model"

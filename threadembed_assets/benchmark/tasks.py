@@ -136,7 +136,7 @@ class Line(NamedTuple):
     mentions: tuple[str, ...]  # authors of the channel that the message names
 
 
-def _lines(con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> list[Line]:
+def read_lines(con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> list[Line]:
     """Every message of `source` (of every split), in channel order. Messages of one second are ordered by id,
     shorter ids first, so numbered ids (IRC lines, Discord snowflakes) keep their order."""
     rows = con.execute(
@@ -159,7 +159,7 @@ def _lines(con: duckdb.DuckDBPyConnection, source: str, platform: str | None) ->
     return lines
 
 
-def _pick(data: "_Source", eligible: list[str], n: int, seed: int) -> list[str]:
+def _pick(data: "ChatLines", eligible: list[str], n: int, seed: int) -> list[str]:
     """Up to `n` of the `eligible` conversations: whole channels in a seeded order (a seeded subset of the last),
     so that a budget of queries needs the candidates of as few channels as possible."""
     rng = np.random.default_rng(seed)
@@ -177,7 +177,7 @@ def _pick(data: "_Source", eligible: list[str], n: int, seed: int) -> list[str]:
     return sorted(picked)
 
 
-class _Corpus:
+class Corpus:
     """Documents of a task, added once each, with what a retriever may know about them."""
 
     def __init__(self, max_chars: int):
@@ -188,7 +188,7 @@ class _Corpus:
         self.channels: list[str | None] = []
         self.times: list[list[float]] = []
         self.orders: list[list[int]] = []
-        self.people = _People()
+        self.people = People()
 
     def add(self, doc_id: str, lines: list[Line]) -> int:
         if doc_id not in self.index:
@@ -202,7 +202,7 @@ class _Corpus:
         return self.index[doc_id]
 
 
-class _People:
+class People:
     """Authors (one per message), mentions, message ids and native reply links of queries or documents."""
 
     def __init__(self):
@@ -215,13 +215,13 @@ class _People:
         self.reply_to.append([line.reply_to for line in lines if line.reply_to])
 
 
-class _Queries:
+class Queries:
     """Queries of a task with their relevant document, candidates and time context."""
 
     def __init__(self):
         self.texts, self.relevant, self.candidates, self.conversations, self.keys = [], [], [], [], []
         self.channels, self.times, self.orders, self.all_orders, self.platforms = [], [], [], [], []
-        self.people = _People()
+        self.people = People()
 
     def add(self, lines: list[Line], relevant: int, candidates: list[int] | None, cid: str, key: str) -> None:
         """A query made of `lines`, asked at the last of them."""
@@ -238,7 +238,7 @@ class _Queries:
         self.platforms.append(at.platform)
         self.people.add(lines)
 
-    def task(self, name: str, source: str, corpus: _Corpus) -> Task:
+    def task(self, name: str, source: str, corpus: Corpus) -> Task:
         return Task(
             name=name,
             source=source,
@@ -269,7 +269,7 @@ class _Queries:
 
 
 @dataclass
-class _Source:
+class ChatLines:
     """One source's messages as the task builders read them."""
 
     name: str
@@ -278,11 +278,11 @@ class _Source:
     conversations_of_channel: dict[str | None, dict[str, list[Line]]]  # each conversation in channel order
 
     @classmethod
-    def read(cls, con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> "_Source":
+    def read(cls, con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> "ChatLines":
         by_conversation: dict[str, list[Line]] = {}
         by_channel: dict[str | None, list[Line]] = {}
         conversations_of_channel: dict[str | None, dict[str, list[Line]]] = {}
-        for line in _lines(con, source, platform):
+        for line in read_lines(con, source, platform):
             by_conversation.setdefault(line.conversation_id, []).append(line)
             by_channel.setdefault(line.channel, []).append(line)
             conversations_of_channel.setdefault(line.channel, {}).setdefault(line.conversation_id, []).append(line)
@@ -314,7 +314,7 @@ def build_tasks(
     suffix: str = "",
 ) -> list[Task]:
     """The thread, response and summary tasks of one source, with queries from conversations of `query_splits`."""
-    data = _Source.read(con, source, platform)
+    data = ChatLines.read(con, source, platform)
     long = [cid for cid, lines in data.by_conversation.items() if len(lines) >= 3 and lines[0].split in query_splits]
     picked = _pick(data, long, config.max_queries, config.seed)
     tasks = [
@@ -326,28 +326,28 @@ def build_tasks(
     return [task for task in tasks if task.queries]
 
 
-def _thread_task(data: _Source, picked: list[str], config: TaskConfig, suffix: str) -> Task:
+def _thread_task(data: ChatLines, picked: list[str], config: TaskConfig, suffix: str) -> Task:
     """A message finds its conversation among the conversations of its channel active within `candidate_hours`;
     the message is left out of its conversation's document, times and order."""
     query_of = {cid: data.by_conversation[cid][len(data.by_conversation[cid]) // 2] for cid in picked}
     left_out = {line.message_id for line in query_of.values()}
-    corpus, queries = _Corpus(config.max_doc_chars), _Queries()
+    corpus, queries = Corpus(config.max_doc_chars), Queries()
     window_s = config.candidate_hours * 3600
     for cid in picked:
         query = query_of[cid]
         candidates = []
         for other_cid, other in data.conversations_of_channel[query.channel].items():
             kept = [line for line in other if line.message_id not in left_out]
-            if kept and (other_cid == cid or _near(kept, query.ts, window_s)):
+            if kept and (other_cid == cid or near(kept, query.ts, window_s)):
                 candidates.append((other_cid, kept))
-        if not any(other_cid == cid and _near(kept, query.ts, window_s) for other_cid, kept in candidates):
+        if not any(other_cid == cid and near(kept, query.ts, window_s) for other_cid, kept in candidates):
             continue  # its own conversation is not active near it: no fair candidate set
         indices = [corpus.add(other_cid, kept) for other_cid, kept in candidates]
         queries.add([query], corpus.index[cid], indices, cid, data.key(cid))
     return queries.task("thread" + suffix, data.name, corpus)
 
 
-def _near(lines: list[Line], ts: float | None, window_s: float) -> bool:
+def near(lines: list[Line], ts: float | None, window_s: float) -> bool:
     """True when one of `lines` is within `window_s` of `ts` (always, when a time is unknown or window_s is 0)."""
     if ts is None or window_s <= 0:
         return True
@@ -355,15 +355,15 @@ def _near(lines: list[Line], ts: float | None, window_s: float) -> bool:
     return not times or min(abs(t - ts) for t in times) <= window_s
 
 
-def _response_tasks(data: _Source, picked: list[str], config: TaskConfig, suffix: str) -> list[Task]:
+def _response_tasks(data: ChatLines, picked: list[str], config: TaskConfig, suffix: str) -> list[Task]:
     """A conversation's prefix (its last `window_messages` messages before the middle) finds what comes next:
 
     - `response_message`: its next message among the channel's next messages of other conversations;
     - `response_window`: its next `window_messages` messages among the windows that start at those messages.
     """
     k = config.window_messages
-    messages, message_queries = _Corpus(config.max_doc_chars), _Queries()
-    windows, window_queries = _Corpus(config.max_doc_chars), _Queries()
+    messages, message_queries = Corpus(config.max_doc_chars), Queries()
+    windows, window_queries = Corpus(config.max_doc_chars), Queries()
     for cid in picked:
         lines = data.by_conversation[cid]
         cut = max(1, len(lines) // 2)
@@ -390,7 +390,7 @@ def _response_tasks(data: _Source, picked: list[str], config: TaskConfig, suffix
 
 
 def _summary_tasks(
-    con: duckdb.DuckDBPyConnection, data: _Source, query_splits: list[str], config: TaskConfig, picked: list[str]
+    con: duckdb.DuckDBPyConnection, data: ChatLines, query_splits: list[str], config: TaskConfig, picked: list[str]
 ) -> list[Task]:
     """A summary finds its conversation among every conversation of its channel (one task per summarizer: LLM and
     extractive are never mixed). Only summaries in the channels of the other tasks' queries are asked, so that every
@@ -408,7 +408,7 @@ def _summary_tasks(
         texts = {cid: text for s, cid, text in summaries if s == summarizer and cid in data.by_conversation}
         in_channels = [cid for cid in sorted(texts) if data.by_conversation[cid][0].channel in channels]
         chosen = [(cid, texts[cid]) for cid in _pick(data, in_channels, config.max_queries, config.seed)]
-        corpus, candidates = _Corpus(config.max_doc_chars), []
+        corpus, candidates = Corpus(config.max_doc_chars), []
         for cid, _ in chosen:
             channel = data.conversations_of_channel[data.by_conversation[cid][0].channel]
             candidates.append(

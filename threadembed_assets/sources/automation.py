@@ -12,18 +12,25 @@ import dagster as dg
 
 from threadembed_assets import settings
 
-DATA_LAYERS = ["messages", "conversations", "thread_pairs", "query_response_pairs", "temporal_pairs"]
+DATA_LAYERS = [
+    "messages",
+    "conversations",
+    "thread_pairs",
+    "query_response_pairs",
+    "temporal_pairs",
+    "conversation_index",
+]
 
 discord_refresh_job = dg.define_asset_job(
     "discord_sample_refresh_job",
     selection=dg.AssetSelection.assets("raw_discord_unveiled", *DATA_LAYERS),
-    description="Re-sample Discord Unveiled and rebuild its warehouse and pair partitions (no training).",
+    description="Re-sample Discord Unveiled and rebuild its warehouse, pair and search index partitions (no training).",
 )
 
 chat_export_job = dg.define_asset_job(
     "chat_export_job",
     selection=dg.AssetSelection.assets("raw_chat_export", *DATA_LAYERS),
-    description="Load the imports folder and rebuild the chat_export warehouse and pair partitions (no training).",
+    description="Load the imports folder and rebuild the chat_export warehouse, pairs and search index (no training).",
 )
 
 

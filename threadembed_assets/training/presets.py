@@ -77,6 +77,9 @@ MINING_ANCHORS = {"smoke": 64, "cpu": 3000, "gpu": 200_000}
 # `make eval` measures with more.
 BENCHMARK_QUERIES = {"smoke": 20, "cpu": 30, "gpu": 500}
 
+# Dev-split messages that `conversation_index` tunes `is_new` on, by preset (each is one `thread_of`).
+INDEX_TUNE_MESSAGES = {"smoke": 40, "cpu": 100, "gpu": 1000}
+
 # Train- and dev-split queries per task that `chat_ranker` fits and chooses its learners on, by preset.
 RANKER_QUERIES = {"smoke": 20, "cpu": 300, "gpu": 2000}
 

@@ -1,12 +1,12 @@
 """The `compute` (GPU) and `models` (checkpoint store) resources."""
 
-import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from threadembed_assets import settings
+from threadembed_assets.links import switch_link
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -99,13 +99,4 @@ class ModelStore(dg.ConfigurableResource):
 
     def _link(self, asset: str, name: str, target: Path) -> Path:
         """Point `<asset>/<name>` at `target` in one atomic rename (relative inside the store, so it can move)."""
-        folder = self.asset_dir(asset)
-        target = Path(target).resolve()
-        root = self.root_dir().resolve()
-        relative = os.path.relpath(target, folder.resolve()) if target.is_relative_to(root) else str(target)
-        link = folder / name
-        staging = link.with_name(f".{name}-{os.getpid()}")
-        staging.unlink(missing_ok=True)
-        staging.symlink_to(relative, target_is_directory=True)
-        os.replace(staging, link)
-        return link
+        return switch_link(self.asset_dir(asset) / name, target, within=self.root_dir())

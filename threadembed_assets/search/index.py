@@ -1,0 +1,554 @@
+"""`ChatIndex`: search a chat archive, find the conversation a message belongs to, rank what comes next.
+
+The archive is read the way the benchmark reads the warehouse (`benchmark.tasks.ChatLines`): conversations as the
+warehouse cut them (gold ids, reply chains, silences), rendered as the models see them. `search` fuses the model's
+similarity and BM25 by reciprocal rank; `thread_of` and `next_message` build the benchmark's one-query tasks and
+rank them with the published `chat_ranker` where it reads the index's model, else with the same fusion.
+"""
+
+import bisect
+import hashlib
+import logging
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import bm25s
+import duckdb
+import numpy as np
+
+from threadembed_assets import settings
+from threadembed_assets.benchmark.assets import ranker_model
+from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, model_features
+from threadembed_assets.benchmark.retrievers import bm25_scores, dense_scores, model_key, rrf_scores
+from threadembed_assets.benchmark.tasks import ChatLines, Corpus, Line, Queries, Task, near, task_kind
+from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
+from threadembed_assets.search.store import load_stored
+from threadembed_assets.search.vectors import VectorIndex
+from threadembed_assets.sources.chat_jsonl import platform_of
+from threadembed_assets.sources.raw_cache import write_raw_cache
+from threadembed_assets.sources.schema import batched
+from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.train import load_model
+from threadembed_assets.warehouse.conversations import build_conversations
+from threadembed_assets.warehouse.load import LoadOptions, load_messages
+from threadembed_assets.warehouse.render import render_message
+
+log = logging.getLogger(__name__)
+
+MAX_DOC_CHARS = 1500  # a conversation's text as the benchmark cuts it
+CANDIDATE_HOURS = 24.0  # thread_of: conversations of the channel with a message this near the asked one
+FUSION_DEPTH = 50  # search: how deep each of dense and BM25 is read before fusing
+SNIPPET_CHARS = 200
+MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remembers (a server's memory stays bounded)
+
+
+@dataclass
+class Hit:
+    """One conversation found: its id, score (higher is better), where and when it happened, and its start."""
+
+    conversation_id: str
+    score: float
+    source: str
+    channel: str | None
+    start: str | None  # ISO-8601 UTC of its first message, None where times are unknown
+    end: str | None
+    snippet: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ThreadHits(list):
+    """`thread_of`'s answer: the hits, best first, and whether the message looks like the start of a new
+    conversation (`is_new`: the best candidate's confidence is below the threshold tuned on dev; None untuned)."""
+
+    def __init__(self, hits: Iterable[Hit], is_new: bool | None, confidence: float | None):
+        super().__init__(hits)
+        self.is_new = is_new
+        self.confidence = confidence
+
+
+class VectorCache:
+    """Embeddings by text hash: the `EmbeddingCache` interface over an index's own rows (its conversations, read
+    from its float16 vectors) and, in memory, the texts encoded since (queries, windows, cut conversations)."""
+
+    def __init__(self):
+        self.vectors: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}
+        self.matrix: np.ndarray | None = None
+
+    def attach(self, texts: list[str], matrix: np.ndarray) -> None:
+        """Answer `texts` from the rows of `matrix` (same order) without encoding them again."""
+        self.rows = {_digest(text): row for row, text in enumerate(texts)}
+        self.matrix = matrix
+
+    def _known(self, digest: str) -> np.ndarray | None:
+        if (row := self.rows.get(digest)) is not None:
+            return np.asarray(self.matrix[row], dtype=np.float32)
+        return self.vectors.get(digest)
+
+    def encode(self, model, key: str, texts: list[str], batch_size: int) -> np.ndarray:
+        digests = [_digest(t) for t in texts]
+        found = {d: v for d in dict.fromkeys(digests) if (v := self._known(d)) is not None}
+        missing = {d: t for d, t in zip(digests, texts, strict=True) if d not in found}
+        if missing:
+            if len(self.vectors) + len(missing) > MAX_CACHED_TEXTS:
+                self.vectors.clear()
+            fresh = model.encode(list(missing.values()), batch_size=batch_size, convert_to_numpy=True)
+            self.vectors.update(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
+            found.update(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
+        dim = model.get_embedding_dimension()
+        return np.array([found[d] for d in digests], dtype=np.float32).reshape(len(texts), dim)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def load_search_model(path: str, base_model: str, device: str = "cpu") -> tuple[object, str, str]:
+    """(model, the path it was loaded from, what to call it): the model at `path`, or the base model where it is
+    missing or fails to load (the name then says so and why)."""
+    if path == base_model:
+        return load_model(base_model, device), base_model, f"{base_model} (base model: no fine-tuned model published)"
+    try:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        return load_model(path, device), path, path
+    except Exception as exc:  # a corrupt folder raises anything from json to safetensors: fall back and say why
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        log.warning("model %s failed to load (%s); using the base model", path, reason)
+        return load_model(base_model, device), base_model, f"{base_model} (fallback: {path} failed to load: {reason})"
+
+
+def epoch_seconds(value) -> float | None:
+    """A chat JSONL timestamp (ISO-8601, with an offset or UTC; or epoch seconds) as epoch seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"timestamp {value!r} is neither ISO-8601 nor epoch seconds") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def checked_message(message) -> dict:
+    """A chat JSONL message as a dict with a non-empty `text`, or a clear error."""
+    if not isinstance(message, dict):
+        raise ValueError(f"a message is a JSON object with at least `text`, not {type(message).__name__}")
+    text = message.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("a message needs a non-empty string `text`")
+    return message
+
+
+def archive_from_messages(messages: Iterable[dict], source: str, options: LoadOptions | None = None):
+    """An in-memory warehouse of chat JSONL dicts, loaded as `messages` loads a source (bad rows quarantined)."""
+    rows = []
+    for message in messages:
+        row = {key: message.get(key) for key in ("channel", "message_id", "conversation_id", "reply_to", "author")}
+        row.update(
+            source=source,
+            text=message.get("text"),
+            timestamp=message.get("timestamp"),
+            platform=message.get("platform") or platform_of(message.get("source") or source),
+            origin="messages",
+        )
+        rows.append(row)
+    con = duckdb.connect()
+    with tempfile.TemporaryDirectory() as folder:
+        write_raw_cache(batched(rows), Path(folder) / "raw")
+        load_messages(con, source, Path(folder) / "raw", options or LoadOptions(train_ratio=1.0, dev_ratio=0.0))
+    build_conversations(con, source)
+    return con
+
+
+class ChatIndex:
+    """Conversations of one source, searchable by text, by message and by what comes next (see the module)."""
+
+    def __init__(
+        self,
+        lines: ChatLines,
+        encoder,
+        model_path: str,
+        model_name: str,
+        ranker: ChatRanker | None,
+        *,
+        use_stored: bool = False,
+        doc_vectors: np.ndarray | None = None,
+        ann: bool | None = None,
+        batch_size: int = 64,
+    ):
+        self.lines = lines
+        self.source = lines.name
+        self.model = model_name  # what encodes: the fine-tuned model, or the base model and why
+        self.model_path = model_path
+        self.encoder = encoder
+        self.key = model_key(model_path)
+        self.batch_size = batch_size
+        self.cache = VectorCache()
+        self.ranker = ranker
+        self.conversation_ids = sorted(lines.by_conversation)
+        conversations = [lines.by_conversation[cid] for cid in self.conversation_ids]
+        self.docs = [self._document(conversation) for conversation in conversations]
+        self.channels = [conversation[0].channel for conversation in conversations]
+        self.channel_code = {channel: code for code, channel in enumerate(dict.fromkeys(self.channels))}
+        self.channel_codes = np.array([self.channel_code[channel] for channel in self.channels], dtype=np.int32)
+        times = [[line.ts for line in conversation if line.ts is not None] for conversation in conversations]
+        self.starts = np.array([min(t) if t else np.nan for t in times])
+        self.ends = np.array([max(t) if t else np.nan for t in times])
+        self.new_threshold: dict = {}
+        self.stored = load_stored(self.source, self.key, self.conversation_ids, self.docs) if use_stored else None
+        if self.stored is not None:
+            self.vectors, self.bm25, manifest = self.stored
+            self.new_threshold = manifest.get("new_threshold") or {}
+        else:
+            if doc_vectors is None:
+                doc_vectors = self.cache.encode(encoder, self.key, self.docs, batch_size)
+            self.vectors = VectorIndex.build(doc_vectors, ann)
+            self.bm25 = bm25s.BM25()
+            self.bm25.index(bm25s.tokenize(self.docs, stopwords="en", show_progress=False), show_progress=False)
+        self.cache.attach(self.docs, self.vectors.vectors)
+
+    @staticmethod
+    def _document(lines: Sequence[Line]) -> str:
+        return "\n".join(line.text for line in lines)[:MAX_DOC_CHARS]
+
+    # -- construction ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_messages(
+        cls,
+        messages: Iterable[dict],
+        model: str | None = None,
+        ranker: str | ChatRanker | bool | None = None,
+        *,
+        source: str = "messages",
+        models: ModelStore | None = None,
+        tune: bool = True,
+    ) -> "ChatIndex":
+        """An index of chat JSONL dicts (conversations from their ids, reply links or silences, as the warehouse
+        cuts them). `model`: a checkpoint folder (default: the ranker's model, else the best published stage);
+        `ranker`: None for the published `chat_ranker`, a folder or a `ChatRanker`, False for fusion alone."""
+        con = archive_from_messages(messages, source)
+        try:
+            index = cls.from_connection(con, source, model, ranker, models=models)
+        finally:
+            con.close()
+        if tune:
+            index.tune_new_threshold()
+        return index
+
+    @classmethod
+    def from_connection(
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        source: str,
+        model: str | None = None,
+        ranker: str | ChatRanker | bool | None = None,
+        *,
+        models: ModelStore | None = None,
+        device: str = "cpu",
+        **kwargs,
+    ) -> "ChatIndex":
+        """An index of `source`'s messages in a warehouse connection (see `from_messages` for the rest)."""
+        models = models or ModelStore()
+        fitted = resolve_ranker(ranker, models)
+        if model is None:
+            model = fitted.model_path if fitted else ranker_model(models)
+        encoder, path, name = load_search_model(str(model), models.base_model_path(), device)
+        if fitted and not same_model(fitted.model_path, path):
+            log.warning("chat_ranker reads %s, not %s: thread_of and next_message use fusion", fitted.model_path, path)
+            fitted = None
+        lines = ChatLines.read(con, source, None)
+        if not lines.by_conversation:
+            raise ValueError(f"no messages of source {source!r} to index")
+        return cls(lines, encoder, path, name, fitted, **kwargs)
+
+    @classmethod
+    def from_warehouse(
+        cls,
+        source: str = "chat_export",
+        model: str | None = None,
+        ranker: str | ChatRanker | bool | None = None,
+        *,
+        models: ModelStore | None = None,
+        warehouse: str | Path | None = None,
+    ) -> "ChatIndex":
+        """An index of one source of the warehouse, with the latest published model and `chat_ranker`: the stored
+        `conversation_index` build where it was made from the same conversations and model, else encoded now (and
+        `is_new` tuned on the source's dev split)."""
+        path = Path(warehouse or settings.warehouse_path())
+        if not path.exists():
+            raise FileNotFoundError(f"no warehouse at {path}: run `make run SOURCE={source}` (or materialize it) first")
+        with duckdb.connect(str(path), read_only=True) as con:
+            index = cls.from_connection(con, source, model, ranker, models=models, use_stored=True)
+        if not index.new_threshold:
+            dev = [cid for cid, lines in index.lines.by_conversation.items() if lines[0].split == "dev"]
+            index.tune_new_threshold(dev or None)
+        return index
+
+    # -- search ------------------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        channel: str | None = None,
+        since: str | float | None = None,
+        until: str | float | None = None,
+    ) -> list[Hit]:
+        """Conversations about `query`, best first: the model's similarity and BM25 fused by reciprocal rank;
+        only conversations of `channel` with a message between `since` and `until` when given."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("query must be non-empty text")
+        allowed = self._allowed(channel, epoch_seconds(since), epoch_seconds(until))
+        depth = min(len(self.docs), max(FUSION_DEPTH, 5 * k))
+        vector = self.cache.encode(self.encoder, self.key, [query], self.batch_size)[0]
+        dense_ids, _ = self.vectors.search(vector, depth, allowed)
+        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        lexical = self.bm25.get_scores(tokens)
+        if allowed is not None:
+            lexical = np.where(allowed, lexical, -np.inf)
+        top = np.argpartition(-lexical, depth - 1)[:depth] if depth < len(lexical) else np.arange(len(lexical))
+        lexical_ids = [i for i in top[np.argsort(-lexical[top], kind="stable")] if lexical[i] > 0]
+        fused: dict[int, float] = {}
+        for ranked in (dense_ids, lexical_ids):
+            for rank, doc in enumerate(ranked, start=1):
+                fused[int(doc)] = fused.get(int(doc), 0.0) + 1.0 / (60 + rank)
+        best = sorted(fused, key=lambda doc: -fused[doc])[:k]
+        return [self._hit(doc, fused[doc]) for doc in best]
+
+    def _allowed(self, channel: str | None, since: float | None, until: float | None) -> np.ndarray | None:
+        if channel is None and since is None and until is None:
+            return None
+        mask = np.ones(len(self.docs), dtype=bool)
+        if channel is not None:
+            mask &= self.channel_codes == self.channel_code.get(channel, -1)
+        if since is not None:
+            mask &= ~(self.ends < since)  # unknown times are kept
+        if until is not None:
+            mask &= ~(self.starts > until)
+        return mask
+
+    def _hit(self, doc: int, score: float) -> Hit:
+        start, end = self.starts[doc], self.ends[doc]
+        return Hit(
+            conversation_id=self.conversation_ids[doc],
+            score=round(float(score), 6),
+            source=self.source,
+            channel=self.channels[doc],
+            start=None if np.isnan(start) else _iso(float(start)),
+            end=None if np.isnan(end) else _iso(float(end)),
+            snippet=self.docs[doc][:SNIPPET_CHARS],
+        )
+
+    # -- a message's thread ------------------------------------------------------------------------------------
+
+    def thread_of(self, message: dict, k: int = 10) -> ThreadHits:
+        """The conversations `message` may belong to, best first, among those of its channel with a message within
+        `CANDIDATE_HOURS` of it. An archived message (same `message_id`) is left out of its own conversation."""
+        line = self._line(checked_message(message))
+        return self._thread(line, {line.message_id}, k)
+
+    def _thread(self, query: Line, left_out: set[str], k: int) -> ThreadHits:
+        channel = self.lines.conversations_of_channel.get(query.channel)
+        conversations = channel if channel is not None else self.lines.by_conversation
+        corpus, queries = Corpus(MAX_DOC_CHARS), Queries()
+        candidates = []
+        for cid, lines in conversations.items():
+            kept = [line for line in lines if line.message_id not in left_out]
+            if kept and near(kept, query.ts, CANDIDATE_HOURS * 3600):
+                candidates.append(corpus.add(cid, sorted(kept, key=lambda line: line.position)))
+        if not candidates:
+            return ThreadHits([], is_new=True if self.new_threshold else None, confidence=None)
+        queries.add([query], candidates[0], candidates, query.conversation_id, "")
+        scores, confidence, scorer = self._rank(queries.task("thread", self.source, corpus))
+        order = [i for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])][:k]
+        hits = [
+            Hit(
+                conversation_id=corpus.doc_ids[i],
+                score=round(float(scores[i]), 6),
+                source=self.source,
+                channel=corpus.channels[i],
+                start=_iso(min(corpus.times[i])) if corpus.times[i] else None,
+                end=_iso(max(corpus.times[i])) if corpus.times[i] else None,
+                snippet=corpus.docs[i][:SNIPPET_CHARS],  # as it was ranked: without the asked message
+            )
+            for i in order
+        ]
+        threshold = self.new_threshold.get(scorer)
+        return ThreadHits(hits, None if threshold is None else bool(confidence < threshold), confidence)
+
+    def _rank(self, task: Task) -> tuple[np.ndarray, float, str]:
+        """Scores of the task's one query over its documents (-inf off its candidates), the confidence of the best
+        one (the ranker's decision, or the model's similarity under fusion), and which scorer ranked."""
+        allowed = task.allowed()
+        if self.ranker is not None and self.ranker.ranks(task_kind(task.name)):
+            features = model_features(self.encoder, self.key, task, self.cache, self.batch_size)
+            scores = self.ranker.scores(features)[0]
+            return scores, float(scores.max()), CHAT_RANKER
+        queries = self.cache.encode(self.encoder, self.key, task.queries, self.batch_size)
+        docs = self.cache.encode(self.encoder, self.key, task.docs, self.batch_size)
+        dense = dense_scores(queries, docs)
+        fused = rrf_scores(dense, bm25_scores(task), allowed=allowed)[0]
+        fused = np.where(allowed[0], fused, -np.inf) if allowed is not None else fused
+        best = int(np.argmax(fused))
+        return fused, float(dense[0, best]), "fusion"
+
+    # -- what comes next ---------------------------------------------------------------------------------------
+
+    def next_message(self, prefix: list[dict], candidates: list[dict], k: int = 10) -> list[str]:
+        """The `message_id`s of `candidates`, most likely next after `prefix` first (at most `k`)."""
+        prefix = [checked_message(m) for m in prefix]
+        candidates = [checked_message(m) for m in candidates]
+        if not prefix or not candidates:
+            raise ValueError("next_message needs at least one prefix message and one candidate")
+        ids = [str(m.get("message_id") or f"candidate-{i}") for i, m in enumerate(candidates)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("candidates need distinct message_ids")
+        lines = self._lines_together([*prefix, *candidates], ids)
+        corpus, queries = Corpus(MAX_DOC_CHARS), Queries()
+        indices = [corpus.add(message_id, [line]) for message_id, line in zip(ids, lines[len(prefix) :], strict=True)]
+        queries.add(lines[: len(prefix)], indices[0], indices, lines[len(prefix) - 1].conversation_id, "")
+        scores, _, _ = self._rank(queries.task("response_message", self.source, corpus))
+        return [corpus.doc_ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+    # -- messages as the benchmark's lines ---------------------------------------------------------------------
+
+    def _archived(self, message: dict) -> Line | None:
+        message_id = message.get("message_id")
+        return self._by_id.get(str(message_id)) if message_id is not None else None
+
+    @property
+    def _by_id(self) -> dict[str, Line]:
+        if not hasattr(self, "_line_by_id"):
+            self._line_by_id = {line.message_id: line for lines in self.lines.by_channel.values() for line in lines}
+        return self._line_by_id
+
+    def _line(self, message: dict, order: int | None = None, message_id: str | None = None) -> Line:
+        """The archived line of `message`, or a new line placed in its channel by time (after the channel's last
+        message where its time is unknown)."""
+        if (archived := self._archived(message)) is not None and order is None:
+            return archived
+        channel = message.get("channel")
+        channel_lines = self.lines.by_channel.get(channel, [])
+        ts = epoch_seconds(message.get("timestamp"))
+        if order is None:
+            order = self._place(channel_lines, ts)
+        platform = message.get("platform") or (
+            channel_lines[0].platform if channel_lines else platform_of(message.get("source") or self.source)
+        )
+        author = message.get("author") or ""
+        known = {line.author for line in channel_lines} | {normalize_name(author)}
+        return Line(
+            conversation_id=str(message.get("conversation_id") or ""),
+            position=0,
+            channel=channel,
+            ts=ts,
+            text=render_message(author, message["text"], platform),
+            message_id=str(message_id or message.get("message_id") or ""),
+            split="query",
+            platform=platform,
+            author=normalize_name(author),
+            reply_to=message.get("reply_to") if platform in NATIVE_REPLY_PLATFORMS else None,
+            order=order,
+            mentions=tuple(mentioned_names(message["text"], known - {""}, author)),
+        )
+
+    @staticmethod
+    def _place(channel_lines: list[Line], ts: float | None) -> int:
+        if not channel_lines:
+            return 0
+        if ts is None:
+            return channel_lines[-1].order + 1
+        times = [line.ts if line.ts is not None else -np.inf for line in channel_lines]
+        at = bisect.bisect_right(times, ts)
+        return channel_lines[at - 1].order + 1 if at else channel_lines[0].order
+
+    def _lines_together(self, messages: list[dict], candidate_ids: list[str]) -> list[Line]:
+        """Lines of messages asked about together: their archived lines where every one is archived in one channel,
+        else new lines ordered among themselves by time (then as given)."""
+        archived = [self._archived(m) for m in messages]
+        if all(archived) and len({line.channel for line in archived}) == 1:
+            return archived
+        times = [epoch_seconds(m.get("timestamp")) for m in messages]
+        ranked = sorted(range(len(messages)), key=lambda i: (times[i] is None, times[i] or 0.0, i))
+        order = {i: place for place, i in enumerate(ranked)}
+        ids = [None] * (len(messages) - len(candidate_ids)) + candidate_ids
+        return [self._line(m, order[i], ids[i]) for i, m in enumerate(messages)]
+
+    # -- is it new? --------------------------------------------------------------------------------------------
+
+    def tune_new_threshold(self, conversations: Sequence[str] | None = None, max_messages: int = 200, seed: int = 0):
+        """Tune `is_new` on archived messages (of `conversations`, default all): each is asked with its own
+        conversation cut to the messages before it, so a first message has no conversation to join; the threshold
+        on the best candidate's confidence that tells first messages from the rest most accurately (balanced) is
+        kept. Returns {scorer: threshold, "balanced_accuracy": ..., "messages": ...}."""
+        rng = np.random.default_rng(seed)
+        pool = [cid for cid in (conversations or self.conversation_ids) if len(self.lines.by_conversation[cid]) >= 2]
+        picked = [pool[i] for i in rng.permutation(len(pool))[: max_messages // 2]]
+        confidences, labels = [], []
+        for cid in picked:
+            lines = sorted(self.lines.by_conversation[cid], key=lambda line: line.position)
+            for position in (0, int(rng.integers(1, len(lines)))):
+                query = lines[position]
+                left_out = {line.message_id for line in lines[position:]}
+                hits = self._thread(query, left_out, 1)
+                if hits.confidence is None:
+                    continue
+                confidences.append(hits.confidence)
+                labels.append(position == 0)
+        scorer = CHAT_RANKER if self.ranker is not None and self.ranker.ranks("thread") else "fusion"
+        if not any(labels) or all(labels):
+            return self.new_threshold
+        threshold, accuracy = best_threshold(np.array(confidences), np.array(labels))
+        self.new_threshold = {scorer: threshold, "balanced_accuracy": accuracy, "messages": len(labels)}
+        return self.new_threshold
+
+
+def best_threshold(confidences: np.ndarray, is_new: np.ndarray) -> tuple[float, float]:
+    """(threshold, balanced accuracy) of the rule `new when confidence < threshold` that is best on these."""
+    best = (float("-inf"), 0.0)
+    for threshold in np.unique(confidences):
+        predicted = confidences < threshold
+        accuracy = 0.5 * (predicted[is_new].mean() + (~predicted[~is_new]).mean())
+        if accuracy > best[1]:
+            best = (float(threshold), float(accuracy))
+    return best[0], round(best[1], 4)
+
+
+def resolve_ranker(ranker: str | ChatRanker | bool | None, models: ModelStore) -> ChatRanker | None:
+    """The ranker asked for: None -> the published `chat_ranker` (when there is one), False -> none."""
+    if ranker is False:
+        return None
+    if isinstance(ranker, ChatRanker):
+        return ranker
+    folder = Path(ranker) if ranker else models.latest(CHAT_RANKER)
+    if folder is None:
+        return None
+    try:
+        return ChatRanker.load(folder)
+    except Exception as exc:  # an unreadable ranker must not stop search: fusion ranks instead, and the log says why
+        log.warning("chat_ranker at %s failed to load (%s: %s); using fusion", folder, type(exc).__name__, exc)
+        return None
+
+
+def same_model(a: str, b: str) -> bool:
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()

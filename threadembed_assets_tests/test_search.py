@@ -1,0 +1,290 @@
+"""Search: the `ChatIndex` contract, model fallback, `is_new`, the HTTP app (in-process and as a real uvicorn
+process), bad input, and the index refresh that the imports sensor's run brings."""
+
+import gzip
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from threadembed_assets.search import ChatIndex, Hit
+from threadembed_assets.search.__main__ import main as cli_main
+from threadembed_assets.search.http import MAX_TEXT_CHARS, create_app
+from threadembed_assets.search.index import best_threshold
+from threadembed_assets.search.store import current_build
+from threadembed_assets.search.vectors import VectorIndex
+from threadembed_assets.training.resources import ModelStore
+from threadembed_assets_tests.conftest import free_port
+
+SAMPLE = Path(__file__).resolve().parents[1] / "threadembed_assets" / "sources" / "data" / "ubuntu_irc.jsonl.gz"
+
+
+def sample_messages(n: int) -> list[dict]:
+    """The first `n` messages of the shipped IRC sample (real Ubuntu IRC, gold conversations)."""
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in itertools.islice(handle, n)]
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[dict]:
+    return sample_messages(400)
+
+
+@pytest.fixture(scope="module")
+def index(messages, tmp_path_factory) -> ChatIndex:
+    models = ModelStore(root=str(tmp_path_factory.mktemp("models")))  # nothing published: base model, fusion
+    return ChatIndex.from_messages(messages, ranker=False, source="irc_sample", models=models)
+
+
+def by_conversation(messages: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for message in messages:
+        grouped.setdefault(message["conversation_id"], []).append(message)
+    return grouped
+
+
+def test_search_returns_hits_with_every_field_and_honours_k_channel_and_time(index, messages):
+    hits = index.search("xfce panel in the foreground", k=5)
+    assert 1 <= len(hits) <= 5 and all(isinstance(hit, Hit) for hit in hits)
+    assert hits[0].conversation_id == "2004-12-25.train-c:c1000"  # the conversation about exactly that
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    first = hits[0]
+    assert (first.source, first.channel) == ("irc_sample", "2004-12-25.train-c")
+    assert first.start == "2004-12-25T03:21:00+00:00" and first.end == "2004-12-25T03:32:00+00:00"
+    assert first.snippet.startswith("krischan: Hello everyone")
+    channels = sorted({m["channel"] for m in messages})
+    other = next(c for c in channels if c != "2004-12-25.train-c")
+    assert {h.channel for h in index.search("xfce panel", k=10, channel=other)} == {other}
+    late = index.search("xfce panel", k=10, since="2004-12-25T03:33:00")
+    assert first.conversation_id not in {h.conversation_id for h in late}  # it ended at 03:32
+    assert all(h.end is None or h.end >= "2004-12-25T03:33" for h in late)
+    with pytest.raises(ValueError, match="query"):
+        index.search("   ")
+
+
+def test_thread_of_an_archived_message_leaves_it_out_of_its_conversation(index, messages):
+    grouped = by_conversation(messages)
+    later = next(group[1] for group in grouped.values() if len(group) >= 3)
+    hits = index.thread_of(later, k=10)
+    assert hits and all(h.channel == later["channel"] for h in hits)
+    own = next(h for h in hits if h.conversation_id == later["conversation_id"])
+    assert later["text"][:40] not in own.snippet  # its own words are not what finds it
+    alone = next(group[0] for group in grouped.values() if len(group) == 1)
+    found = {h.conversation_id for h in index.thread_of(alone, k=50)}
+    assert alone["conversation_id"] not in found  # nothing of it is left to find
+
+
+def test_next_message_ranks_the_given_candidates(index, messages):
+    grouped = by_conversation(messages)
+    group = next(g for g in grouped.values() if len(g) >= 4)
+    prefix, answer = group[:2], group[2]
+    others = [
+        m for m in messages if m["channel"] == answer["channel"] and m["conversation_id"] != answer["conversation_id"]
+    ]
+    candidates = [answer, *others[:9]]
+    ranked = index.next_message(prefix, candidates, k=10)
+    assert sorted(ranked) == sorted(m["message_id"] for m in candidates)
+    assert len(index.next_message(prefix, candidates, k=3)) == 3
+    with pytest.raises(ValueError, match="text"):
+        index.next_message(prefix, [{"message_id": "x"}])
+
+
+def test_is_new_threshold_is_tuned_and_tells_a_reply_from_a_start(index, messages):
+    tuned = index.new_threshold
+    assert tuned["fusion"] > 0 and tuned["messages"] > 20 and tuned["balanced_accuracy"] > 0.55
+    group = next(g for g in by_conversation(messages).values() if len(g) >= 3)
+    follow_up = dict(group[1], message_id="asked-again")  # the same words again, a minute later
+    assert index.thread_of(follow_up).is_new is False
+    days_later = dict(group[1], message_id="new-topic", timestamp="2004-12-29T12:00:00", text="anyone around?")
+    nothing_near = index.thread_of(days_later)
+    assert nothing_near == [] and nothing_near.is_new is True  # no conversation of its channel is active near it
+
+
+def test_best_threshold_separates_first_messages():
+    confidences = np.array([0.2, 0.3, 0.35, 0.6, 0.7, 0.8])
+    is_new = np.array([True, True, True, False, False, False])
+    threshold, accuracy = best_threshold(confidences, is_new)
+    assert 0.35 < threshold <= 0.6 and accuracy == 1.0
+
+
+def test_a_corrupt_model_folder_falls_back_to_the_base_model_and_says_so(messages, tmp_path):
+    corrupt = tmp_path / "thread_model"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    (corrupt / "model.safetensors").write_bytes(b"\0" * 64)
+    index = ChatIndex.from_messages(messages[:120], model=str(corrupt), ranker=False, tune=False)
+    assert "fallback" in index.model and str(corrupt) in index.model
+    assert index.search("xfce", k=1)
+    missing = ChatIndex.from_messages(messages[:120], model=str(tmp_path / "gone"), ranker=False, tune=False)
+    assert "fallback" in missing.model and "does not exist" in missing.model
+
+
+def test_vector_index_ann_recall_against_exact():
+    vectors = np.random.default_rng(0).normal(size=(3000, 64)).astype(np.float32)
+    index = VectorIndex.build(vectors, ann=True)
+    assert index.ann is not None and index.recall(sample=100) >= 0.99
+    exact = VectorIndex.build(vectors, ann=False)
+    ids, scores = exact.search(vectors[7], 3)
+    assert ids[0] == 7 and scores[0] == pytest.approx(1.0, abs=1e-3)
+    allowed = np.zeros(len(vectors), dtype=bool)
+    allowed[100:200] = True
+    assert set(index.search(vectors[7], 5, allowed)[0]) <= set(range(100, 200))
+
+
+@pytest.fixture(scope="module")
+def client(index) -> TestClient:
+    return TestClient(create_app(["irc_sample"], load=lambda source: index))
+
+
+def test_http_search_thread_next_and_health(client, messages):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["sources"]["irc_sample"]["conversations"] > 10
+    found = client.get("/search", params={"q": "xfce panel", "k": 3}).json()
+    assert len(found["hits"]) == 3 and "base model" in found["model"]
+    assert set(found["hits"][0]) == {"conversation_id", "score", "source", "channel", "start", "end", "snippet"}
+    thread = client.post("/thread", json={"message": messages[1], "k": 5}).json()
+    assert thread["hits"] and thread["is_new"] in (True, False) and thread["model"] == found["model"]
+    group = by_conversation(messages)[messages[0]["conversation_id"]]
+    nxt = client.post("/next", json={"prefix": group[:1], "candidates": messages[2:6], "k": 2}).json()
+    assert len(nxt["message_ids"]) == 2
+    assert client.get("/docs").status_code == 200 and "/thread" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status", "says"),
+    [
+        ("get", "/search", {}, 422, "q"),
+        ("get", "/search", {"q": "x", "k": 0}, 422, "k"),
+        ("get", "/search", {"q": "x", "k": 101}, 422, "k"),
+        ("get", "/search", {"q": "x", "k": "ten"}, 422, "k"),
+        ("get", "/search", {"q": "x", "source": "nowhere"}, 404, "unknown source"),
+        ("get", "/search", {"q": "x", "since": "last tuesday"}, 400, "timestamp"),
+        ("post", "/thread", {}, 422, "message"),
+        ("post", "/thread", {"message": {"author": "a"}}, 422, "text"),
+        ("post", "/thread", {"message": {"text": 42}}, 422, "text"),
+        ("post", "/thread", {"message": {"text": "x" * 1_000_000}}, 422, str(MAX_TEXT_CHARS)),
+        ("post", "/thread", {"message": {"text": "hi", "timestamp": "soon"}}, 400, "timestamp"),
+        ("post", "/thread", {"message": {"text": "hi"}, "k": 1000}, 422, "k"),
+        ("post", "/next", {"prefix": [], "candidates": [{"text": "a"}]}, 422, "prefix"),
+        ("post", "/next", {"prefix": [{"text": "a"}], "candidates": "b"}, 422, "candidates"),
+        (
+            "post",
+            "/next",
+            {
+                "prefix": [{"text": "a"}],
+                "candidates": [{"text": "b", "message_id": "1"}, {"text": "c", "message_id": "1"}],
+            },
+            400,
+            "distinct",
+        ),
+    ],
+)
+def test_http_bad_input_gets_a_clear_4xx(client, method, path, payload, status, says):
+    response = client.get(path, params=payload) if method == "get" else client.post(path, json=payload)
+    assert response.status_code == status, response.text
+    assert says in response.text
+
+
+def test_cli_prints_hits_and_json(workdir, capsys):
+    code = cli_main(["xfce", "--source", "nowhere"])
+    assert code == 2 and "no warehouse" in capsys.readouterr().err
+
+
+def write_import(workdir: Path, name: str, messages: list[dict]) -> None:
+    (workdir / "data" / "imports" / name).write_text("".join(json.dumps(m) + "\n" for m in messages))
+
+
+def run_imports_job(instance: dg.DagsterInstance) -> None:
+    """What the imports sensor launches: its RunRequest, run as the chat_export job (resources read now, from this
+    test's folders)."""
+    from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
+    from threadembed_assets.sources.automation import chat_export_job, imports_sensor
+
+    request = imports_sensor(dg.build_sensor_context(instance=instance, cursor=None))
+    assert isinstance(request, dg.RunRequest)
+    defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=[chat_export_job], resources=build_resources())
+    job = defs.resolve_job_def(imports_sensor.job_name)
+    result = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+    assert result.success
+    assert any(e.asset_key == dg.AssetKey("conversation_index") for e in result.get_asset_materialization_events())
+
+
+@pytest.mark.slow
+def test_real_server_serves_and_reloads_after_new_imports_without_dropping_requests(workdir):
+    messages = sample_messages(600)
+    write_import(workdir, "team.jsonl", messages[:300])
+    with dg.instance_for_test() as instance:
+        run_imports_job(instance)
+        first_build = current_build("chat_export")
+        assert first_build is not None
+
+        code = cli_main(["--thread", str(workdir / "data" / "imports" / "team.jsonl"), "--source", "chat_export"])
+        assert code == 0
+
+        port = free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "threadembed_assets.search.http", "--source", "chat_export", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            health = wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).json(), server, timeout=180)
+            assert health["sources"]["chat_export"]["build"] == str(first_build)
+            assert httpx.get(f"{base}/search", params={"q": "xfce panel"}, timeout=30).json()["hits"]
+
+            statuses: list[int] = []
+            stop = threading.Event()
+
+            def keep_asking():
+                while not stop.is_set():
+                    statuses.append(httpx.get(f"{base}/search", params={"q": "sound card"}, timeout=60).status_code)
+
+            asker = threading.Thread(target=keep_asking)
+            asker.start()
+            write_import(workdir, "more.jsonl", messages[300:])
+            run_imports_job(instance)
+            second_build = current_build("chat_export")
+            assert second_build != first_build
+
+            def reloaded():
+                sources = httpx.get(f"{base}/healthz", timeout=5).json()["sources"]["chat_export"]
+                return sources if sources["build"] == str(second_build) else None
+
+            after = wait_for(reloaded, server, timeout=180)
+            stop.set()
+            asker.join()
+            assert after["conversations"] > health["sources"]["chat_export"]["conversations"]
+            assert statuses and set(statuses) == {200}  # every request during the reload was answered
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+def wait_for(probe, server: subprocess.Popen, timeout: float):
+    """The first truthy value of `probe()`, polled until `timeout`; fails at once if the server has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited: {server.stderr.read().decode()[-2000:]}")
+        try:
+            if value := probe():
+                return value
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"not ready within {timeout} s")
