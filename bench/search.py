@@ -18,6 +18,7 @@ import gzip
 import json
 import socket
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,9 +27,11 @@ import httpx
 import numpy as np
 import uvicorn
 
+from threadembed_assets.benchmark.retrievers import model_key
 from threadembed_assets.benchmark.tasks import ChatLines, Line
 from threadembed_assets.search.http import create_app
-from threadembed_assets.search.index import ChatIndex
+from threadembed_assets.search.index import ChatIndex, SearchModel
+from threadembed_assets.search.onnx import OnnxEncoder, export_onnx
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.training.train import load_model
@@ -145,13 +148,47 @@ def http_latency(index: ChatIndex, queries: list[str], clients: int) -> tuple[li
     return latencies, len(latencies) / elapsed
 
 
-def at_size(n: int, queries: list[str], clients: int, encoder, base: str) -> None:
+def onnx_speed(messages: list[dict], base: str, folder: Path) -> OnnxEncoder:
+    """Encoding speed of the int8 ONNX export against PyTorch on the same conversation texts (batches of 64) and
+    on single queries, in one run; the export is made in `folder` and returned."""
+    started = time.perf_counter()
+    export_onnx(base, folder)
+    exported = time.perf_counter() - started
+    int8, model = OnnxEncoder(folder), load_model(base, "cpu")
+    index = ChatIndex.from_messages(messages[:6000], model=base, ranker=False, tune=False, onnx=False)
+    texts, singles = index.docs, [m["text"] for m in messages[:200]]
+    timings = {}
+    for name, encoder in (("pytorch", model), ("int8", int8)):
+        encoder.encode(texts[:64], batch_size=64)
+        started = time.perf_counter()
+        vectors = encoder.encode(texts, batch_size=64)
+        batch = time.perf_counter() - started
+        started = time.perf_counter()
+        for text in singles:
+            encoder.encode([text], batch_size=1)
+        timings[name] = (batch, (time.perf_counter() - started) / len(singles), np.asarray(vectors))
+    agree = float((unit(timings["pytorch"][2]) * unit(timings["int8"][2])).sum(axis=1).mean())
+    print(
+        f"ONNX int8 (exported in {exported:.0f} s): {len(texts)} conversations at {len(texts) / timings['int8'][0]:.1f}"
+        f"/s against PyTorch {len(texts) / timings['pytorch'][0]:.1f}/s, "
+        f"{timings['pytorch'][0] / timings['int8'][0]:.2f}x; one query {1000 * timings['int8'][1]:.1f} ms against "
+        f"{1000 * timings['pytorch'][1]:.1f} ms, {timings['pytorch'][1] / timings['int8'][1]:.2f}x; mean cosine to "
+        f"PyTorch's vectors {agree:.4f}"
+    )
+    return int8
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def at_size(n: int, queries: list[str], clients: int, model: SearchModel) -> None:
     started = time.perf_counter()
     lines = synthetic_lines(n)
-    vectors = clustered_vectors(n, encoder.get_embedding_dimension())
+    vectors = clustered_vectors(n, model.encoder.get_embedding_dimension())
     made = time.perf_counter() - started
     started = time.perf_counter()
-    index = ChatIndex(lines, encoder, base, base, None, doc_vectors=vectors, ann=True)
+    index = ChatIndex(lines, model, None, doc_vectors=vectors, ann=True)
     built = time.perf_counter() - started
     for query in queries[:5]:
         index.search(query)  # warm up
@@ -177,7 +214,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--skip-real", action="store_true", help="skip the real-chat build rate")
+    parser.add_argument("--skip-real", action="store_true", help="skip the real-chat build rate and ONNX speed")
+    parser.add_argument("--pytorch", action="store_true", help="encode queries with PyTorch, not the ONNX export")
     args = parser.parse_args()
     base = ModelStore().base_model_path()
     messages = real_messages()
@@ -186,10 +224,18 @@ def main() -> None:
     rng = np.random.default_rng(1)
     texts = [m["text"] for m in messages if len(m["text"]) > 20]
     queries = [texts[i] for i in rng.choice(len(texts), size=args.queries, replace=False)]
-    encoder = load_model(base, "cpu")
     print(f"queries: {len(queries)} real IRC messages; median {statistics.median(len(q) for q in queries)} chars")
-    for n in args.sizes:
-        at_size(n, queries, args.clients, encoder, base)
+    with tempfile.TemporaryDirectory() as folder:
+        if args.pytorch:
+            model = SearchModel(load_model(base, "cpu"), base, base, model_key(base))
+        else:
+            if args.skip_real:
+                export_onnx(base, Path(folder))
+            int8 = OnnxEncoder(Path(folder)) if args.skip_real else onnx_speed(messages, base, Path(folder))
+            model = SearchModel(int8, base, f"{base} (ONNX int8)", int8.key)
+        print(f"queries encoded by {model.name}")
+        for n in args.sizes:
+            at_size(n, queries, args.clients, model)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from threadembed_assets.training.presets import (
     BENCHMARK_QUERIES,
     INDEX_TUNE_MESSAGES,
     MINING_ANCHORS,
+    ONNX_DEV_QUERIES,
     RANKER_QUERIES,
 )
 from threadembed_assets.warehouse.schema import table_names
@@ -41,6 +42,7 @@ def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.E
                 "hard_negative_pairs": {"config": {"max_anchors": MINING_ANCHORS[preset]}},
                 "chat_ranker": {"config": {"max_queries": RANKER_QUERIES[preset]}},
                 "benchmark_tasks": {"config": {"max_queries": BENCHMARK_QUERIES[preset]}},
+                "onnx_model": {"config": {"max_queries": ONNX_DEV_QUERIES[preset]}},
                 "conversation_index": {"config": {"tune_messages": INDEX_TUNE_MESSAGES[preset]}},
             },
         },
@@ -54,6 +56,14 @@ def _dev_pair(meta: dict, when: str) -> str:
         str(meta[key].value) if key in meta else "-"
         for key in (f"dev_mrr@10_thread_{when}", f"dev_mrr@10_next_message_{when}")
     )
+
+
+def onnx_tasks(meta: dict) -> list[str]:
+    """The dev tasks `onnx_model` reports, from its `dev_mrr@10_<task>_int8` keys."""
+    prefix, suffix = "dev_mrr@10_", "_int8"
+    return [
+        key.removeprefix(prefix).removesuffix(suffix) for key in meta if key.startswith(prefix) and key.endswith(suffix)
+    ]
 
 
 def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
@@ -100,6 +110,16 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
                 + ", ".join(
                     f"{kind} {learners[kind]} dev MRR@10 {meta[f'dev_mrr@10_{kind}'].value}" for kind in learners
                 )
+                + f"  ({meta['path'].value})"
+            )
+        if name == "onnx_model":
+            lines.append(
+                f"onnx_model: int8 export {meta['speedup_vs_pytorch'].value}x PyTorch's encoding speed, dev MRR@10 "
+                + ", ".join(
+                    f"{task} {meta[f'dev_mrr@10_{task}_pytorch'].value} -> {meta[f'dev_mrr@10_{task}_int8'].value}"
+                    for task in onnx_tasks(meta)
+                )
+                + f", {'serves search' if meta['published'].value else 'not published: PyTorch serves'}"
                 + f"  ({meta['path'].value})"
             )
         if name == "conversation_index":

@@ -12,6 +12,7 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
         assert f"check {table}.pair_quality: passed" in out
     for stage in ["thread_model", "retrieval_model", "hard_negative_model"]:
         assert f"{stage}: " in out and "dev MRR@10 (thread / next message)" in out
+    assert "onnx_model: int8 export " in out and "dev MRR@10 thread " in out and "response_message " in out
     assert "conversation_index: " in out and "ANN recall@10 " in out and "ranker chat_ranker" in out
     assert "chat_ranker: thread " in out and "response_message " in out and "dev MRR@10" in out
     assert "benchmark_scores, MRR@10 (full dimension); queries from test-split conversations" in out

@@ -21,10 +21,12 @@ from fastapi.testclient import TestClient
 from threadembed_assets.search import ChatIndex, Hit
 from threadembed_assets.search.__main__ import main as cli_main
 from threadembed_assets.search.http import MAX_TEXT_CHARS, create_app
-from threadembed_assets.search.index import best_threshold
+from threadembed_assets.search.index import ONNX_MODEL, best_threshold
+from threadembed_assets.search.onnx import FLOAT_FILE, INT8_FILE, OnnxEncoder, export_onnx
 from threadembed_assets.search.store import current_build
 from threadembed_assets.search.vectors import VectorIndex
 from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.train import load_model
 from threadembed_assets_tests.conftest import free_port
 
 SAMPLE = Path(__file__).resolve().parents[1] / "threadembed_assets" / "sources" / "data" / "ubuntu_irc.jsonl.gz"
@@ -128,6 +130,38 @@ def test_a_corrupt_model_folder_falls_back_to_the_base_model_and_says_so(message
     assert index.search("xfce", k=1)
     missing = ChatIndex.from_messages(messages[:120], model=str(tmp_path / "gone"), ranker=False, tune=False)
     assert "fallback" in missing.model and "does not exist" in missing.model
+
+
+def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_from(messages, tmp_path):
+    models = ModelStore(root=str(tmp_path / "models"))
+    base = models.base_model_path()
+    export = models.asset_dir(ONNX_MODEL) / "run-1"
+    export_onnx(base, export)
+    models.publish(ONNX_MODEL, export)
+    texts = [m["text"] for m in messages[:100]]
+    reference = load_model(base, "cpu").encode(texts, batch_size=16)
+    float32 = OnnxEncoder(export, FLOAT_FILE).encode(texts, batch_size=16)
+    int8 = OnnxEncoder(export, INT8_FILE).encode(texts, batch_size=16)
+    assert float32.shape == int8.shape == reference.shape
+    assert (float32 * reference).sum(axis=1).min() > 0.9999  # the same graph, batched and pooled alike
+    assert (int8 * reference).sum(axis=1).mean() > 0.97  # int8 weights move it, a little
+
+    served = ChatIndex.from_messages(messages[:120], ranker=False, tune=False, models=models)
+    assert "ONNX int8" in served.model and isinstance(served.encoder, OnnxEncoder)
+    plain = ChatIndex.from_messages(messages[:120], ranker=False, tune=False, models=models, onnx=False)
+    assert "ONNX" not in plain.model and served.key != plain.key  # the two never share cached vectors
+    query = "xfce panel in the foreground"
+    assert served.search(query, k=1)[0].conversation_id == plain.search(query, k=1)[0].conversation_id
+
+    other = tmp_path / "fine_tuned"
+    load_model(base, "cpu").save(str(other))
+    assert (
+        "ONNX"
+        not in ChatIndex.from_messages(messages[:120], model=str(other), ranker=False, tune=False, models=models).model
+    )  # exported from another model: PyTorch
+    (export / INT8_FILE).write_bytes(b"not a graph")
+    broken = ChatIndex.from_messages(messages[:120], ranker=False, tune=False, models=models)
+    assert "ONNX" not in broken.model and broken.search(query, k=1)
 
 
 def test_vector_index_ann_recall_against_exact():

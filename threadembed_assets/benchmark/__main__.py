@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -29,9 +31,10 @@ from threadembed_assets.warehouse.load import LoadOptions, load_messages
 ALL_SPLITS = ["train", "dev", "test"]
 
 
-def tasks_from_file(data: Path, config: TaskConfig) -> list[Task]:
-    """Every task of a chat file (chat JSONL, or an XML file of the disentangled Slack corpus), built through the
-    same warehouse code as the pipeline; queries come from every conversation of the file."""
+@contextmanager
+def file_warehouse(data: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A temporary warehouse holding a chat file (chat JSONL, or an XML file of the disentangled Slack corpus) as
+    source `file`, loaded through the same code as the pipeline."""
     if data.suffix == ".xml":
         pieces = SOURCES["slack_disentangled"].load(RawSourceConfig(path=str(data)))
     else:
@@ -41,7 +44,13 @@ def tasks_from_file(data: Path, config: TaskConfig) -> list[Task]:
         with duckdb.connect(str(Path(work) / "warehouse.duckdb")) as con:
             load_messages(con, "file", Path(work) / "raw", LoadOptions())
             build_conversations(con, "file")
-            return all_tasks(con, ALL_SPLITS, config)
+            yield con
+
+
+def tasks_from_file(data: Path, config: TaskConfig) -> list[Task]:
+    """Every task of a chat file (see `file_warehouse`); queries come from every conversation of the file."""
+    with file_warehouse(data) as con:
+        return all_tasks(con, ALL_SPLITS, config)
 
 
 def main(argv: list[str] | None = None) -> int:

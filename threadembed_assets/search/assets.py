@@ -1,5 +1,7 @@
-"""`conversation_index`: one source's conversations embedded with the published model, searchable on disk."""
+"""Search assets: `onnx_model`, the published model as int8 ONNX for CPU serving, and `conversation_index`, one
+source's conversations embedded with the published model, searchable on disk."""
 
+import json
 import time
 from datetime import UTC, datetime
 
@@ -7,10 +9,20 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from threadembed_assets.benchmark.assets import chat_ranker
-from threadembed_assets.search.index import ChatIndex
+from threadembed_assets.benchmark.assets import chat_ranker, ranker_model
+from threadembed_assets.benchmark.tasks import TaskConfig, all_tasks, task_kind
+from threadembed_assets.search.index import ONNX_MODEL, ChatIndex
+from threadembed_assets.search.onnx import (
+    CONFIG_FILE,
+    FLOAT_FILE,
+    INT8_FILE,
+    OnnxEncoder,
+    compare_encoders,
+    export_onnx,
+)
 from threadembed_assets.search.store import save_index
 from threadembed_assets.training.resources import ComputeResource, ModelStore
+from threadembed_assets.training.train import load_model
 from threadembed_assets.warehouse.assets import connect, conversations, source_partitions
 
 
@@ -21,13 +33,77 @@ class IndexConfig(dg.Config):
     recall_sample: int = Field(default=200, description="Conversations whose ANN results are checked against exact.")
 
 
+class OnnxConfig(TaskConfig):
+    """Run config of `onnx_model`: the dev tasks (cut as the benchmark's) the int8 export is measured on."""
+
+    max_queries: int = Field(default=300, description="Dev queries per task and source.")
+    held_out_platform: str = Field(default="", description="Empty: every platform's dev tasks together.")
+    tolerance: float = Field(
+        default=0.01, description="The export serves when its dev MRR@10 is at most this far below PyTorch's."
+    )
+
+
+@dg.asset(group_name="search", deps=[chat_ranker], kinds={"onnx"})
+def onnx_model(
+    context: dg.AssetExecutionContext,
+    config: OnnxConfig,
+    warehouse: DuckDBResource,
+    compute: ComputeResource,
+    models: ModelStore,
+) -> dg.MaterializeResult:
+    """The model search reads (the one `chat_ranker` reads, else the best published stage) exported to ONNX with
+    int8 weights for CPU serving, measured against its PyTorch self on dev-split thread and next-message retrieval
+    (same queries, paired) and for encoding speed on the same texts. Published as `models/onnx_model/latest`, which
+    `ChatIndex` then encodes with on CPU, only when its dev MRR@10 is within `tolerance` of PyTorch's on every
+    task."""
+    model_path = ranker_model(models)
+    folder = models.asset_dir(ONNX_MODEL) / context.run_id
+    exported = export_onnx(model_path, folder)
+    with connect(warehouse) as con:
+        tasks = [
+            t
+            for t in all_tasks(con, ["dev"], config)
+            if task_kind(t.name) in ("thread", "response_message") and t.queries
+        ]
+    if not tasks:
+        raise dg.Failure(description="onnx_model: no dev-split thread or next-message queries to measure it on")
+    reference = load_model(model_path, "cpu")
+    comparison = compare_encoders(reference, OnnxEncoder(folder), tasks, compute.eval_batch_size)
+    worst = min(row["mrr@10_candidate"] - row["mrr@10_reference"] for row in comparison["tasks"].values())
+    serves = worst >= -config.tolerance
+    exported.update(dev=comparison, serves=serves, tolerance=config.tolerance)
+    (folder / CONFIG_FILE).write_text(json.dumps(exported, indent=1))
+    if serves:
+        models.publish(ONNX_MODEL, folder)
+    context.log.info(
+        f"onnx_model: int8 export of {model_path} encodes {comparison['speedup']}x PyTorch's speed; worst dev MRR@10 "
+        f"change {worst:+.4f} -> {'published' if serves else 'not published (PyTorch keeps serving)'}"
+    )
+    rows = [dg.TableRecord({"task": name, **row}) for name, row in comparison["tasks"].items()]
+    metadata = {
+        "source_model": model_path,
+        "published": serves,
+        "speedup_vs_pytorch": comparison["speedup"],
+        "pytorch_texts_per_second": comparison["texts_per_second_reference"],
+        "int8_texts_per_second": comparison["texts_per_second_candidate"],
+        "int8_megabytes": round((folder / INT8_FILE).stat().st_size / 1e6, 1),
+        "float32_megabytes": round((folder / FLOAT_FILE).stat().st_size / 1e6, 1),
+        "dev": dg.MetadataValue.table(rows),
+        "path": dg.MetadataValue.path(str(folder)),
+    }
+    for name, row in comparison["tasks"].items():
+        metadata[f"dev_mrr@10_{name}_pytorch"] = row["mrr@10_reference"]
+        metadata[f"dev_mrr@10_{name}_int8"] = row["mrr@10_candidate"]
+    return dg.MaterializeResult(metadata=metadata)
+
+
 @dg.asset(
     partitions_def=source_partitions,
     group_name="search",
-    deps=[conversations, chat_ranker],
+    deps=[conversations, chat_ranker, onnx_model],
     kinds={"usearch", "bm25s"},
     # New messages (the imports sensor, the Discord refresh) refresh it; a never-trained ranker does not hold it back.
-    automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(chat_ranker)),
+    automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(chat_ranker, onnx_model)),
 )
 def conversation_index(
     context: dg.AssetExecutionContext,
@@ -37,9 +113,10 @@ def conversation_index(
     models: ModelStore,
 ) -> dg.MaterializeResult:
     """Every conversation of the source embedded with the model `chat_ranker` reads (else the best published stage,
-    else the base model), in an approximate nearest-neighbour index (usearch, int8) beside float16 vectors and a
-    BM25 index, with `is_new` tuned on the dev split; written to `<data dir>/index/<source>/` and switched in
-    atomically. `ChatIndex.from_warehouse`, the CLI and the HTTP app read it."""
+    else the base model; on CPU its `onnx_model` int8 export where one is published), in an approximate
+    nearest-neighbour index (usearch, int8) beside float16 vectors and a BM25 index, with `is_new` tuned on the dev
+    split; written to `<data dir>/index/<source>/` and switched in atomically. `ChatIndex.from_warehouse`, the CLI
+    and the HTTP app read it."""
     source = context.partition_key
     started = time.perf_counter()
     with connect(warehouse) as con:
@@ -80,4 +157,4 @@ def conversation_index(
     )
 
 
-SEARCH_ASSETS = [conversation_index]
+SEARCH_ASSETS = [onnx_model, conversation_index]

@@ -25,6 +25,7 @@ from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, model_f
 from threadembed_assets.benchmark.retrievers import bm25_scores, dense_scores, model_key, rrf_scores
 from threadembed_assets.benchmark.tasks import ChatLines, Corpus, Line, Queries, Task, near, task_kind
 from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
+from threadembed_assets.search.onnx import OnnxEncoder, exported_from
 from threadembed_assets.search.store import load_stored
 from threadembed_assets.search.vectors import VectorIndex
 from threadembed_assets.sources.chat_jsonl import platform_of
@@ -42,6 +43,7 @@ MAX_DOC_CHARS = 1500  # a conversation's text as the benchmark cuts it
 CANDIDATE_HOURS = 24.0  # thread_of: conversations of the channel with a message this near the asked one
 FUSION_DEPTH = 50  # search: how deep each of dense and BM25 is read before fusing
 SNIPPET_CHARS = 200
+ONNX_MODEL = "onnx_model"  # the asset whose `latest` is the int8 export search encodes with on CPU
 MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remembers (a server's memory stays bounded)
 
 
@@ -108,19 +110,43 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def load_search_model(path: str, base_model: str, device: str = "cpu") -> tuple[object, str, str]:
-    """(model, the path it was loaded from, what to call it): the model at `path`, or the base model where it is
-    missing or fails to load (the name then says so and why)."""
+@dataclass
+class SearchModel:
+    """What encodes for an index: the encoder, the model folder it stands for, what to call it, its cache key."""
+
+    encoder: object
+    path: str
+    name: str
+    key: str
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+
+
+def load_search_model(path: str, base_model: str, device: str = "cpu", onnx: Path | None = None) -> SearchModel:
+    """The model at `path`, or the base model where it is missing or fails to load (the name then says so and
+    why). On CPU, the ONNX int8 export in `onnx` encodes instead when it was exported from that very model."""
     if path == base_model:
-        return load_model(base_model, device), base_model, f"{base_model} (base model: no fine-tuned model published)"
+        return _encoder_of(base_model, device, onnx, f"{base_model} (base model: no fine-tuned model published)")
     try:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path} does not exist")
-        return load_model(path, device), path, path
+        return _encoder_of(path, device, onnx, path)
     except Exception as exc:  # a corrupt folder raises anything from json to safetensors: fall back and say why
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-        log.warning("model %s failed to load (%s); using the base model", path, reason)
-        return load_model(base_model, device), base_model, f"{base_model} (fallback: {path} failed to load: {reason})"
+        log.warning("model %s failed to load (%s); using the base model", path, _reason(exc))
+        return _encoder_of(base_model, device, onnx, f"{base_model} (fallback: {path} failed to load: {_reason(exc)})")
+
+
+def _encoder_of(path: str, device: str, onnx: Path | None, name: str) -> SearchModel:
+    """The ONNX export in `onnx` where it was made from `path` and the device is the CPU, else PyTorch."""
+    if device == "cpu" and (exported := exported_from(onnx)) and same_model(exported, path):
+        try:
+            encoder = OnnxEncoder(onnx)
+            return SearchModel(encoder, path, f"{name} [ONNX int8]", encoder.key)
+        except Exception as exc:  # a broken export must not stop search: PyTorch encodes instead
+            log.warning("ONNX export %s failed to load (%s); encoding with PyTorch", onnx, _reason(exc))
+    return SearchModel(load_model(path, device), path, name, model_key(path))
 
 
 def epoch_seconds(value) -> float | None:
@@ -185,9 +211,7 @@ class ChatIndex:
     def __init__(
         self,
         lines: ChatLines,
-        encoder,
-        model_path: str,
-        model_name: str,
+        model: SearchModel,
         ranker: ChatRanker | None,
         *,
         use_stored: bool = False,
@@ -197,10 +221,10 @@ class ChatIndex:
     ):
         self.lines = lines
         self.source = lines.name
-        self.model = model_name  # what encodes: the fine-tuned model, or the base model and why
-        self.model_path = model_path
-        self.encoder = encoder
-        self.key = model_key(model_path)
+        self.model = model.name  # what encodes: the fine-tuned model (or its ONNX export), or the base model and why
+        self.model_path = model.path
+        self.encoder = model.encoder
+        self.key = model.key
         self.batch_size = batch_size
         self.cache = VectorCache()
         self.ranker = ranker
@@ -220,7 +244,7 @@ class ChatIndex:
             self.new_threshold = manifest.get("new_threshold") or {}
         else:
             if doc_vectors is None:
-                doc_vectors = self.cache.encode(encoder, self.key, self.docs, batch_size)
+                doc_vectors = self.cache.encode(self.encoder, self.key, self.docs, batch_size)
             self.vectors = VectorIndex.build(doc_vectors, ann)
             self.bm25 = bm25s.BM25()
             self.bm25.index(bm25s.tokenize(self.docs, stopwords="en", show_progress=False), show_progress=False)
@@ -242,13 +266,15 @@ class ChatIndex:
         source: str = "messages",
         models: ModelStore | None = None,
         tune: bool = True,
+        onnx: bool = True,
     ) -> "ChatIndex":
         """An index of chat JSONL dicts (conversations from their ids, reply links or silences, as the warehouse
         cuts them). `model`: a checkpoint folder (default: the ranker's model, else the best published stage);
-        `ranker`: None for the published `chat_ranker`, a folder or a `ChatRanker`, False for fusion alone."""
+        `ranker`: None for the published `chat_ranker`, a folder or a `ChatRanker`, False for fusion alone;
+        `onnx`: on CPU, encode with the published `onnx_model` where it was exported from that model."""
         con = archive_from_messages(messages, source)
         try:
-            index = cls.from_connection(con, source, model, ranker, models=models)
+            index = cls.from_connection(con, source, model, ranker, models=models, onnx=onnx)
         finally:
             con.close()
         if tune:
@@ -265,6 +291,7 @@ class ChatIndex:
         *,
         models: ModelStore | None = None,
         device: str = "cpu",
+        onnx: bool = True,
         **kwargs,
     ) -> "ChatIndex":
         """An index of `source`'s messages in a warehouse connection (see `from_messages` for the rest)."""
@@ -272,14 +299,17 @@ class ChatIndex:
         fitted = resolve_ranker(ranker, models)
         if model is None:
             model = fitted.model_path if fitted else ranker_model(models)
-        encoder, path, name = load_search_model(str(model), models.base_model_path(), device)
-        if fitted and not same_model(fitted.model_path, path):
-            log.warning("chat_ranker reads %s, not %s: thread_of and next_message use fusion", fitted.model_path, path)
+        export = models.latest(ONNX_MODEL) if onnx else None
+        loaded = load_search_model(str(model), models.base_model_path(), device, export)
+        if fitted and not same_model(fitted.model_path, loaded.path):
+            log.warning(
+                "chat_ranker reads %s, not %s: thread_of and next_message use fusion", fitted.model_path, loaded.path
+            )
             fitted = None
         lines = ChatLines.read(con, source, None)
         if not lines.by_conversation:
             raise ValueError(f"no messages of source {source!r} to index")
-        return cls(lines, encoder, path, name, fitted, **kwargs)
+        return cls(lines, loaded, fitted, **kwargs)
 
     @classmethod
     def from_warehouse(
@@ -290,6 +320,7 @@ class ChatIndex:
         *,
         models: ModelStore | None = None,
         warehouse: str | Path | None = None,
+        onnx: bool = True,
     ) -> "ChatIndex":
         """An index of one source of the warehouse, with the latest published model and `chat_ranker`: the stored
         `conversation_index` build where it was made from the same conversations and model, else encoded now (and
@@ -298,7 +329,7 @@ class ChatIndex:
         if not path.exists():
             raise FileNotFoundError(f"no warehouse at {path}: run `make run SOURCE={source}` (or materialize it) first")
         with duckdb.connect(str(path), read_only=True) as con:
-            index = cls.from_connection(con, source, model, ranker, models=models, use_stored=True)
+            index = cls.from_connection(con, source, model, ranker, models=models, use_stored=True, onnx=onnx)
         if not index.new_threshold:
             dev = [cid for cid, lines in index.lines.by_conversation.items() if lines[0].split == "dev"]
             index.tune_new_threshold(dev or None)

@@ -80,6 +80,9 @@ BENCHMARK_QUERIES = {"smoke": 20, "cpu": 30, "gpu": 500}
 # Dev-split messages that `conversation_index` tunes `is_new` on, by preset (each is one `thread_of`).
 INDEX_TUNE_MESSAGES = {"smoke": 40, "cpu": 100, "gpu": 1000}
 
+# Dev-split queries per task that `onnx_model` compares its int8 export with PyTorch on, by preset.
+ONNX_DEV_QUERIES = {"smoke": 20, "cpu": 200, "gpu": 500}
+
 # Train- and dev-split queries per task that `chat_ranker` fits and chooses its learners on, by preset.
 RANKER_QUERIES = {"smoke": 20, "cpu": 300, "gpu": 2000}
 

@@ -1,0 +1,180 @@
+"""A published sentence-transformers model as ONNX for CPU serving: the transformer exported once, its weights
+quantized to int8 (onnxruntime's dynamic quantization, per channel), and an encoder that tokenizes, runs the graph
+and pools as the model's own modules do, so `ChatIndex` encodes with it in place of PyTorch.
+
+sentence-transformers' own ONNX backend (`backend="onnx"`, `export_dynamic_quantized_onnx_model`) goes through
+`optimum-onnx`, whose releases require transformers < 4.58 while this project pins transformers 5; the export here
+is the same graph by `torch.onnx.export` and the same quantization call that optimum makes.
+"""
+
+import inspect
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from threadembed_assets.benchmark.metrics import paired_test, verdict
+from threadembed_assets.benchmark.retrievers import dense_scores
+from threadembed_assets.benchmark.score import scored
+from threadembed_assets.benchmark.tasks import Task
+
+CONFIG_FILE = "threadembed_onnx.json"
+FLOAT_FILE = "model.onnx"
+INT8_FILE = "model_qint8.onnx"
+POOLINGS = ("mean", "cls")
+
+
+def export_onnx(model_path: str, out_dir: Path, opset: int = 17) -> dict:
+    """Export the sentence-transformers model at `model_path` (Transformer, Pooling mean|cls, optional Normalize)
+    to `out_dir`: `model.onnx` (float32), `model_qint8.onnx` (int8 weights), the tokenizer and a config. Returns
+    the config. A model of another shape is a clear error."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from threadembed_assets.training.train import load_model
+
+    model = load_model(model_path, "cpu")
+    names = [type(module).__name__ for module in model]
+    if names[:2] != ["Transformer", "Pooling"] or any(name != "Normalize" for name in names[2:]):
+        raise ValueError(f"ONNX export takes Transformer + Pooling [+ Normalize] models, not {' + '.join(names)}")
+    pooling = model[1].get_config_dict().get("pooling_mode")
+    if pooling not in POOLINGS:
+        raise ValueError(f"ONNX export supports pooling {POOLINGS}, not {pooling!r}")
+    transformer, tokenizer = model[0].auto_model.eval(), model.tokenizer
+    sample = tokenizer(["an example message", "another, longer example message"], padding=True, return_tensors="pt")
+    accepted = inspect.signature(transformer.forward).parameters
+    inputs = [name for name in tokenizer.model_input_names if name in sample and name in accepted]
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors):
+            return self.inner(**dict(zip(inputs, tensors, strict=True))).last_hidden_state
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    axes = {name: {0: "batch", 1: "tokens"} for name in [*inputs, "token_embeddings"]}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on constant branches (masks present, not causal)
+        torch.onnx.export(
+            LastHiddenState(transformer),
+            tuple(sample[name] for name in inputs),
+            str(out_dir / FLOAT_FILE),
+            input_names=inputs,
+            output_names=["token_embeddings"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    quantize_dynamic(out_dir / FLOAT_FILE, out_dir / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True)
+    tokenizer.save_pretrained(str(out_dir))
+    config = {
+        "source_model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
+        "inputs": inputs,
+        "pooling": pooling,
+        "normalize": "Normalize" in names,
+        "max_seq_length": int(model.max_seq_length),
+        "dimension": int(model.get_embedding_dimension()),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    return config
+
+
+class OnnxEncoder:
+    """`encode` of an exported model with onnxruntime on the CPU (the subset of `SentenceTransformer.encode` that
+    search, the benchmark's caches and the chat features call)."""
+
+    def __init__(self, folder: Path, file_name: str = INT8_FILE, threads: int = 0):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        self.config = json.loads((self.folder / CONFIG_FILE).read_text())
+        self.file_name = file_name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.folder / file_name), options, providers=["CPUExecutionProvider"])
+
+    def get_embedding_dimension(self) -> int:
+        return self.config["dimension"]
+
+    @property
+    def key(self) -> str:
+        """Identity for embedding caches: the graph file and when it was written."""
+        graph = (self.folder / self.file_name).resolve()
+        return f"onnx:{graph}@{graph.stat().st_mtime_ns}"
+
+    def encode(self, texts: list[str] | str, batch_size: int = 64, **_) -> np.ndarray:
+        """Embeddings of `texts` (float32 rows, one per text), batched by length as sentence-transformers does."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        out = np.zeros((len(texts), self.get_embedding_dimension()), dtype=np.float32)
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in rows],
+                padding=True,
+                truncation=True,
+                max_length=self.config["max_seq_length"],
+                return_tensors="np",
+            )
+            feeds = {name: batch[name].astype(np.int64) for name in self.config["inputs"]}
+            tokens = self.session.run(None, feeds)[0]
+            out[rows] = self._pool(tokens, batch["attention_mask"])
+        return out[0] if single else out
+
+    def _pool(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.config["pooling"] == "cls":
+            pooled = tokens[:, 0]
+        else:
+            weights = mask[..., None].astype(np.float32)
+            pooled = (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        if self.config["normalize"]:
+            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled
+
+
+def exported_from(folder: Path | None) -> str | None:
+    """The model an export was made from (its resolved path), or None where `folder` holds no export."""
+    if folder is None or not (Path(folder) / CONFIG_FILE).exists():
+        return None
+    return json.loads((Path(folder) / CONFIG_FILE).read_text()).get("source_model")
+
+
+def compare_encoders(reference, candidate, tasks: list[Task], batch_size: int = 64) -> dict:
+    """Dense MRR@10 of `reference` (the PyTorch model) and `candidate` (its export) on the same tasks, by task,
+    with the paired difference and its verdict, and the encoding speed of each on the tasks' texts (texts/s,
+    timed over the same texts in the same run)."""
+    by_task, seconds = {}, {"reference": 0.0, "candidate": 0.0}
+    texts = 0
+    for task in tasks:
+        scores = {}
+        for name, encoder in (("reference", reference), ("candidate", candidate)):
+            started = time.perf_counter()
+            queries = np.asarray(encoder.encode(task.queries, batch_size=batch_size, convert_to_numpy=True))
+            docs = np.asarray(encoder.encode(task.docs, batch_size=batch_size, convert_to_numpy=True))
+            seconds[name] += time.perf_counter() - started
+            scores[name] = scored(name, "dense", None, task, dense_scores(queries, docs)).mrr()
+        texts += len(task.queries) + len(task.docs)
+        delta, p_value = paired_test(scores["candidate"], scores["reference"])
+        by_task[task.name] = {
+            "queries": len(task.queries),
+            "mrr@10_reference": round(float(scores["reference"].mean()), 4),
+            "mrr@10_candidate": round(float(scores["candidate"].mean()), 4),
+            "delta": round(float(delta), 4),
+            "p_value": round(float(p_value), 4),
+            "verdict": verdict(delta, p_value),
+        }
+    return {
+        "tasks": by_task,
+        "texts": texts,
+        "texts_per_second_reference": round(texts / max(seconds["reference"], 1e-9), 1),
+        "texts_per_second_candidate": round(texts / max(seconds["candidate"], 1e-9), 1),
+        "speedup": round(seconds["reference"] / max(seconds["candidate"], 1e-9), 2),
+    }
