@@ -21,7 +21,7 @@ from threadembed_assets.benchmark.retrievers import (
     time_prior,
     windowed_scores,
 )
-from threadembed_assets.benchmark.score import results_markdown, score_all, score_rows, scored
+from threadembed_assets.benchmark.score import headline_scores, results_markdown, score_all, score_rows, scored
 from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks
 from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.warehouse.provenance import train_conversations, write_provenance
@@ -83,6 +83,18 @@ def test_paired_verdicts_need_a_significant_difference_on_the_same_queries():
     results = [scored("bm25", "bm25", None, task, -good), scored("m", "dense", 384, task, good)]
     table = results_markdown(results)
     assert "| m | dense | 1.000 ▲ |" in table and "| bm25 | bm25 | 0.000 |" in table
+
+
+def test_headline_scores_are_plain_numbers_per_task_and_model():
+    task = toy_task()
+    good = np.eye(20)
+    results = [
+        scored("bm25", "bm25", None, task, -good),
+        scored("m", "dense", 384, task, good),
+        scored("m", "dense", 64, task, -good, full_dim=False),  # a truncated dimension is not the headline
+        scored("m", "hybrid", 384, task, -good),  # nor a fusion of the model
+    ]
+    assert headline_scores(results) == {f"mrr@10_{task.name}_bm25": 0.0, f"mrr@10_{task.name}_m": 1.0}
 
 
 def timed_task(name: str, query: tuple[str, float | None, int], docs: list[tuple[str, list[float], list[int]]]) -> Task:

@@ -6,11 +6,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from threadembed_assets.sources.chat_export import EmptyImportsError, detect_format, read_imports
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
-from threadembed_assets_tests.conftest import raw_rows
+from threadembed_assets_tests.conftest import materialize_source, raw_rows
 
 LIMIT = 10 * 1024 * 1024
 
@@ -58,6 +59,24 @@ def test_gzipped_chat_jsonl_part_with_a_row_budget_clean_or_with_a_bad_line(tmp_
 
 def slack_day(messages: list[tuple[str, str, str]]) -> str:
     return json.dumps([{"type": "message", "user": u, "text": t, "ts": ts} for u, t, ts in messages])
+
+
+def test_gold_conversation_ids_are_per_file_unless_said_global(workdir, warehouse_db):
+    imports = workdir / "data" / "imports"
+    (imports / "team").mkdir()
+    for name in ("a.jsonl", "team/b.jsonl"):
+        lines = [chat_line(i, "c1", f"{name} {i}", message_id=f"{name}-m{i}") for i in range(3)]
+        (imports / name).write_text("".join(line + "\n" for line in lines))
+
+    def conversations(**raw_config) -> list[tuple]:
+        assert materialize_source("chat_export", warehouse_db, raw_config).success
+        with duckdb.connect(str(warehouse_db), read_only=True) as con:
+            return con.execute(
+                "SELECT conversation_id, count(*) FROM messages WHERE source = 'chat_export' GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+
+    assert conversations() == [("a.jsonl:c1", 3), ("team/b.jsonl:c1", 3)]
+    assert conversations(global_conversation_ids=True) == [("c1", 6)]
 
 
 def test_chat_jsonl(tmp_path):

@@ -2,19 +2,24 @@
 
 import gzip
 import io
+import itertools
 import json
 import tarfile
 import tempfile
 from pathlib import Path
 
+import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from threadembed_assets.sources.config import RawSourceConfig
+from threadembed_assets.sources import registry
+from threadembed_assets.sources.assets import build_raw_asset
+from threadembed_assets.sources.config import RawSourceConfig, SourceConfigError
 from threadembed_assets.sources.hub import HubUnavailableError
-from threadembed_assets.sources.registry import SOURCES, UBUNTU_IRC_FILE
+from threadembed_assets.sources.irc import irc_disentangle_rows
+from threadembed_assets.sources.registry import SOURCES, UBUNTU_IRC_FILE, SourceSpec
 from threadembed_assets_tests.conftest import materialize_source, need_shared, query, raw_rows
 
 
@@ -25,6 +30,55 @@ def load(source: str, **config) -> list[dict]:
 
 def messages_only(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["error"] is None]
+
+
+def test_irc_disentangle_streams_a_day_at_a_time():
+    def records():
+        for i in range(3):
+            yield {"id": i, "raw": f"[04:1{i}] <ann> line {i}", "date": "2004-11-15", "connections": [0]}
+        yield {"id": 3, "raw": "[05:00] <bo> next day", "date": "2004-11-16", "connections": []}
+        raise AssertionError("read past the second day's first record before giving the first day's rows")
+
+    first_day = list(itertools.islice(irc_disentangle_rows(records(), "irc_disentangle", "hub"), 3))
+    assert [r["message_id"] for r in first_day] == ["0", "1", "2"]
+    assert len({r["conversation_id"] for r in first_day}) == 1  # linked within the day
+
+
+def test_hub_sources_keep_a_default_row_budget_unless_told(tmp_path, monkeypatch):
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    pq.write_table(
+        pa.table({"prompt_id": [f"p{i}" for i in range(50)], "messages": [turns] * 50}), tmp_path / "t.parquet"
+    )
+    monkeypatch.setattr(registry, "HUB_ROW_BUDGET", 30)
+    assert len(load("ultrachat", path=str(tmp_path))) == 30
+    assert len(load("ultrachat", path=str(tmp_path), max_rows=0)) == 100  # 0: no budget
+    assert len(load("ultrachat", path=str(tmp_path), max_rows=5)) == 5
+
+
+def test_a_loader_bug_keeps_its_traceback_and_a_configuration_error_is_a_message(workdir):
+    def broken(spec, config):
+        raise ValueError("a bug inside a loader")
+
+    def misconfigured(spec, config):
+        raise SourceConfigError("no files at /nowhere: set run config path")
+
+    def failure_of(loader):
+        spec = SourceSpec("probe", "irc", "nowhere", "none", "P2", "a probe", loader)
+        result = dg.materialize([build_raw_asset(spec)], raise_on_error=False)
+        return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+
+    bug = failure_of(broken)
+    assert bug.cause is not None and bug.cause.cls_name == "ValueError" and bug.cause.stack  # the traceback stays
+    told = failure_of(misconfigured)
+    assert "raw_probe: no files at /nowhere" in told.message and told.cause is None
+
+
+def test_hub_streams_retry_and_local_sources_do_not():
+    from threadembed_assets.sources.assets import RAW_ASSETS
+
+    policies = {a.key.to_user_string(): a.op.retry_policy for a in RAW_ASSETS}
+    assert policies["raw_discord_unveiled"] is not None and policies["raw_ultrachat"].max_retries == 3
+    assert policies["raw_sample"] is None and policies["raw_chat_export"] is None
 
 
 def test_irc_disentangle_conversations_from_connections(tmp_path):
@@ -160,7 +214,7 @@ def test_slack_disentangled_xml(tmp_path):
 
 
 def test_slack_disentangled_without_files_says_where_to_put_them(workdir):
-    with pytest.raises(FileNotFoundError, match="slack_disentangled.*path"):
+    with pytest.raises(SourceConfigError, match="slack_disentangled.*path"):
         load("slack_disentangled")
 
 
@@ -317,7 +371,7 @@ def test_ubuntu_irc_reads_the_shipped_slice_as_irc_chat():
     assert {(r["source"], r["platform"], r["error"]) for r in rows} == {("ubuntu_irc", "irc", None)}
     assert rows[0]["message_id"] == "2004-12-25.train-c:1000" and rows[0]["origin"] == UBUNTU_IRC_FILE.name
     assert all(r["conversation_id"] and r["timestamp"] and r["author"] for r in rows)
-    with pytest.raises(ValueError, match="chat_export"):
+    with pytest.raises(SourceConfigError, match="chat_export"):
         load("ubuntu_irc", path="/somewhere/else.jsonl")
     assert (UBUNTU_IRC_FILE.parent / "LICENSE-ubuntu_irc.md").read_text().count("CC-BY-4.0") >= 1
 

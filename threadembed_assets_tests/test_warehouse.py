@@ -45,7 +45,7 @@ def test_irc_dev_gives_its_330_conversations(workdir, warehouse_db):
     quarantined = query(warehouse_db, "SELECT reason, conversation_id FROM quarantine")
     # 2,369 messages in 330 gold conversations; one conversation is a single message with empty text.
     assert n_messages + len(quarantined) == 2369
-    assert quarantined == [("no_text", "2005-06-27_12:c1134")]
+    assert quarantined == [("no_text", "irc_dev.jsonl:2005-06-27_12:c1134")]  # gold ids are per file
     gold = query(
         warehouse_db,
         "SELECT DISTINCT conversation_id FROM messages UNION SELECT conversation_id FROM quarantine",

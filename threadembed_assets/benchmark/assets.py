@@ -27,6 +27,7 @@ from threadembed_assets.benchmark.score import (
     Scored,
     TrainingLeak,
     comparison_table,
+    headline_scores,
     refuse_leaks,
     results_markdown,
     score_all,
@@ -371,6 +372,7 @@ def benchmark_scores(
             "significant_losses_to_bm25": sum(v.get("vs_bm25") == "loss" for v in verdicts),
             "embedding_cache_hits": hits,
             "embeddings_encoded": misses,
+            **headline_scores(results),  # numbers, so the UI's plots show each trend across materializations
         }
     )
 

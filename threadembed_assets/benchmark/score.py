@@ -313,6 +313,20 @@ def comparison_table(results: list[Scored]) -> dict[tuple[str, str], dict[str, C
     return table
 
 
+HEADLINE_RETRIEVERS = {"dense", "bm25", "recency", CHAT_RANKER}
+
+
+def headline_scores(results: list[Scored]) -> dict[str, float]:
+    """`mrr@10_<task>_<model>` over every source's queries at full dimension: each model's dense retrieval, BM25,
+    recency and the chat ranker, as plain numbers for Dagster's plots."""
+    return {
+        f"mrr@10_{task}_{model}": round(float(cell.mrr.mean()), 4)
+        for (model, retriever), by_task in comparison_table(results).items()
+        if retriever in HEADLINE_RETRIEVERS
+        for task, cell in by_task.items()
+    }
+
+
 _MARKS = {"win": " ▲", "loss": " ▼", "tie": ""}
 
 

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part, looks_like_chat_jsonl
+from threadembed_assets.sources.config import SourceConfigError
 from threadembed_assets.sources.discord import is_discord_export, read_discord_export
 from threadembed_assets.sources.irc import is_irc_log, read_irc_log
 from threadembed_assets.sources.schema import RawPiece, batched, error_row
@@ -17,7 +18,7 @@ from threadembed_assets.sources.slack import (
 IMPORT_FORMATS = ("chat_jsonl", "slack_export", "discord_export", "irc_log")
 
 
-class EmptyImportsError(ValueError):
+class EmptyImportsError(SourceConfigError):
     """The imports folder is missing or holds no files."""
 
 
@@ -56,8 +57,11 @@ def _import_units(folder: Path) -> list[Path]:
     return units
 
 
-def read_imports(folder: Path, source: str, max_archive_bytes: int) -> Iterator[RawPiece]:
-    """Raw pieces of every import under `folder`; an unknown file becomes one error row."""
+def read_imports(
+    folder: Path, source: str, max_archive_bytes: int, global_conversation_ids: bool = False
+) -> Iterator[RawPiece]:
+    """Raw pieces of every import under `folder`; an unknown file becomes one error row. Gold conversation ids of
+    chat JSONL files are namespaced by the file's path under `folder` unless `global_conversation_ids`."""
     if not folder.is_dir():
         raise EmptyImportsError(
             f"Imports folder {folder} does not exist. Create it (or set THREADEMBED_IMPORTS_DIR) and put chat "
@@ -72,7 +76,8 @@ def read_imports(folder: Path, source: str, max_archive_bytes: int) -> Iterator[
     for unit in units:
         kind = detect_format(unit)
         if kind == "chat_jsonl":
-            yield chat_jsonl_part(unit, source, platform=None)
+            namespace = None if global_conversation_ids else unit.relative_to(folder).as_posix()
+            yield chat_jsonl_part(unit, source, platform=None, namespace=namespace)
         elif kind == "slack_export" and unit.is_dir():
             yield from batched(read_slack_export_dir(unit, source))
         elif kind == "slack_export":

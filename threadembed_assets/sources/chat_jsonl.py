@@ -17,7 +17,10 @@ _PLATFORMS = ("irc", "slack", "discord")
 _PLATFORM_SQL = " ".join(f"WHEN lower(source) LIKE '%{name}%' THEN '{name}'" for name in _PLATFORMS)
 _COPY_SQL = f"""
 COPY (
-    SELECT coalesce(source, $source) AS source, channel, message_id, conversation_id, reply_to, timestamp,
+    SELECT coalesce(source, $source) AS source, channel, message_id,
+        CASE WHEN $namespace IS NOT NULL AND conversation_id IS NOT NULL
+             THEN $namespace || ':' || conversation_id ELSE conversation_id END AS conversation_id,
+        reply_to, timestamp,
         author, text,
         coalesce($platform, CASE {_PLATFORM_SQL} ELSE 'chat' END) AS platform,
         $origin AS origin,
@@ -36,13 +39,16 @@ def platform_of(source: str | None) -> str:
     return next((name for name in _PLATFORMS if name in lowered), "chat")
 
 
-def chat_jsonl_part(path: Path, source: str, platform: str | None, max_rows: int | None = None) -> ParquetPart:
+def chat_jsonl_part(
+    path: Path, source: str, platform: str | None, max_rows: int | None = None, namespace: str | None = None
+) -> ParquetPart:
     """A raw part for a chat JSONL file (gzip-compressed when its name ends in `.gz`).
 
     Clean files are copied to Parquet by DuckDB's `read_json` (vectorized, bounded memory, no Python per row).
     A file with a malformed line or invalid UTF-8 is re-read line by line so that the good lines load and each
     bad one becomes an error row. `source` fills rows without one; `platform=None` infers it from the source;
-    `max_rows` keeps the first lines only.
+    `max_rows` keeps the first lines only; `namespace` prefixes gold conversation ids (`<namespace>:<id>`), so that
+    two files that both say `c1` do not merge into one conversation.
     """
 
     def write(dest: Path) -> None:
@@ -53,19 +59,20 @@ def chat_jsonl_part(path: Path, source: str, platform: str | None, max_rows: int
             "origin": path.name,
             "columns": {name: "VARCHAR" for name in CHAT_FIELDS},
             "max_rows": max_rows,
+            "namespace": namespace,
         }
         try:
             with duckdb.connect() as con:
                 con.execute(_COPY_SQL.replace("{dest}", str(dest).replace("'", "''")), params)
         except duckdb.InvalidInputException:
             with pq.ParquetWriter(dest, RAW_SCHEMA, compression="zstd") as writer:
-                for batch in batched(limited(_read_tolerant(path, source, platform), max_rows)):
+                for batch in batched(limited(_read_tolerant(path, source, platform, namespace), max_rows)):
                     writer.write_batch(batch)
 
     return ParquetPart(write)
 
 
-def _read_tolerant(path: Path, source: str, platform: str | None) -> Iterator[dict]:
+def _read_tolerant(path: Path, source: str, platform: str | None, namespace: str | None) -> Iterator[dict]:
     with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
         for seq, raw_line in enumerate(handle, start=1):
             if not raw_line.strip():
@@ -86,6 +93,8 @@ def _read_tolerant(path: Path, source: str, platform: str | None) -> Iterator[di
                 continue
             row = {name: record.get(name) for name in CHAT_FIELDS}
             row["source"] = row["source"] or source
+            if namespace is not None and row["conversation_id"] is not None:
+                row["conversation_id"] = f"{namespace}:{row['conversation_id']}"
             row.update(platform=platform or platform_of(row["source"]), origin=path.name, seq=seq)
             yield row
 

@@ -3,6 +3,13 @@
 import dagster as dg
 from pydantic import Field
 
+HUB_ROW_BUDGET = 200_000  # messages a hub source keeps unless its run config says otherwise
+
+
+class SourceConfigError(ValueError):
+    """A source configured in a way it cannot load (no files where it reads them, a path it does not take, files
+    of mixed formats): the user fixes it in run config, so it is shown as a message, not a traceback."""
+
 
 class RawSourceConfig(dg.Config):
     """Where a raw dataset comes from and how much of it to keep."""
@@ -14,10 +21,25 @@ class RawSourceConfig(dg.Config):
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     split: str | None = Field(default=None, description="Upstream split; the source's default when unset.")
-    max_rows: int | None = Field(default=None, description="Row budget: stop after this many messages.")
+    max_rows: int | None = Field(
+        default=None,
+        description=f"Row budget: stop after this many messages. Unset: hub sources keep {HUB_ROW_BUDGET:,} (the "
+        "Discord archive alone is 100+ GB), local sources everything; 0: no budget.",
+    )
     sample_rate: float = Field(default=0.01, description="discord_unveiled: fraction of the stream kept.")
     seed: int = Field(default=0, description="Seed of the sample generator and of sampled sources.")
     n_messages: int = Field(default=5000, description="sample: about how many messages to generate.")
+    global_conversation_ids: bool = Field(
+        default=False,
+        description="chat_export: conversation ids are unique across files (else each file's are its own).",
+    )
     max_archive_bytes: int = Field(
         default=2 * 1024**3, description="chat_export: refuse a zip that expands past this many bytes."
     )
+
+
+def row_budget(config: RawSourceConfig, default: int | None) -> int | None:
+    """The messages to keep: the run config's budget (0: all), else the source's default (None: all)."""
+    if config.max_rows is None:
+        return default
+    return config.max_rows or None

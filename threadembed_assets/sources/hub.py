@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+from threadembed_assets.sources.config import SourceConfigError
+
 _LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -41,10 +43,10 @@ def local_data_files(path: str) -> tuple[str, list[str]]:
     root = Path(path)
     files = sorted(p for p in root.rglob("*") if p.suffix in _LOCAL_BUILDERS) if root.is_dir() else [root]
     if not files or not all(p.exists() for p in files):
-        raise FileNotFoundError(f"No data files at {path} (expected {', '.join(sorted(_LOCAL_BUILDERS))} files)")
+        raise SourceConfigError(f"No data files at {path} (expected {', '.join(sorted(_LOCAL_BUILDERS))} files)")
     builders = {_LOCAL_BUILDERS.get(p.suffix) for p in files}
     if len(builders) != 1 or None in builders:
-        raise ValueError(f"Files at {path} must share one format of {', '.join(sorted(_LOCAL_BUILDERS))}")
+        raise SourceConfigError(f"Files at {path} must share one format of {', '.join(sorted(_LOCAL_BUILDERS))}")
     return builders.pop(), [str(p) for p in files]
 
 

@@ -3,6 +3,7 @@
 import re
 from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 
 from threadembed_assets.sources.schema import error_row
@@ -62,9 +63,17 @@ def irc_disentangle_rows(records: Iterable[dict], source: str, origin: str) -> I
     """Rows of the IRC disentanglement corpus (`id, raw, date, connections`), conversations from its links.
 
     `connections` are symmetric annotator links; a conversation is a connected component, and `reply_to` the
-    nearest earlier linked message. Unannotated context lines keep no conversation (derived later).
+    nearest earlier linked message. Unannotated context lines keep no conversation (derived later). Links stay
+    within a day's file, so the records stream one day (a run of equal `date`s) at a time.
     """
-    records = list(records)
+    seq = 0
+    for _, day_records in groupby(records, key=lambda record: record.get("date")):
+        day_records = list(day_records)
+        yield from _irc_day_rows(day_records, source, origin, seq)
+        seq += len(day_records)
+
+
+def _irc_day_rows(records: list[dict], source: str, origin: str, first_seq: int) -> Iterator[dict]:
     parent: dict[int, int] = {}
 
     def find(node: int) -> int:
@@ -77,7 +86,7 @@ def irc_disentangle_rows(records: Iterable[dict], source: str, origin: str) -> I
         for other in record.get("connections") or []:
             parent[find(other)] = find(record["id"])
     annotated = {r["id"] for r in records if r.get("connections")}
-    for seq, record in enumerate(records, start=1):
+    for seq, record in enumerate(records, start=first_seq + 1):
         line, message_id, day = record.get("raw") or "", record["id"], record.get("date") or "1970-01-01"
         match = IRC_LINE.match(line)
         if not match:

@@ -7,7 +7,7 @@ from pathlib import Path
 from threadembed_assets import settings
 from threadembed_assets.sources.chat_export import read_imports
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
-from threadembed_assets.sources.config import RawSourceConfig
+from threadembed_assets.sources.config import HUB_ROW_BUDGET, RawSourceConfig, SourceConfigError, row_budget
 from threadembed_assets.sources.dialogue import (
     discord_dialogues_rows,
     thread_qa_rows,
@@ -41,6 +41,7 @@ class SourceSpec:
     default_split: str = "train"
     hub_config: str | None = None  # the `name` argument of load_dataset
     hub_data_files: dict | None = None  # split -> file, for hub repos that need them named
+    streams_from_hub: bool = False  # reads the hub over the network unless a local path is configured
 
     def load(self, config: RawSourceConfig) -> Iterator[RawPiece]:
         """Raw pieces (record batches or self-writing Parquet parts) of this source under `config`."""
@@ -62,7 +63,7 @@ def _hub_loader(to_rows: Callable[[Iterable[dict], str, str], Iterator[dict]]) -
             data_files=spec.hub_data_files,
         )
         origin = config.path or f"{spec.upstream}:{split}"
-        return batched(limited(to_rows(records, spec.key, origin), config.max_rows))
+        return batched(limited(to_rows(records, spec.key, origin), row_budget(config, HUB_ROW_BUDGET)))
 
     return load
 
@@ -70,7 +71,7 @@ def _hub_loader(to_rows: Callable[[Iterable[dict], str, str], Iterator[dict]]) -
 def _required_path(spec: SourceSpec, config: RawSourceConfig) -> Path:
     path = Path(config.path) if config.path else settings.data_dir() / "external" / spec.key
     if not path.exists():
-        raise FileNotFoundError(
+        raise SourceConfigError(
             f"Source '{spec.key}' reads local files ({spec.upstream}); none at {path}. Put them there or set "
             f"run config `ops: raw_{spec.key}: config: path: /path/to/folder`."
         )
@@ -81,11 +82,11 @@ def _load_slack_disentangled(spec: SourceSpec, config: RawSourceConfig) -> Itera
     root = _required_path(spec, config)
     files = sorted(root.rglob("*.xml")) if root.is_dir() else [root]
     rows = (row for file in files for row in read_disentangled_xml(file, spec.key))
-    return batched(limited(rows, config.max_rows))
+    return batched(limited(rows, row_budget(config, None)))
 
 
 def _load_clojurians(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
-    return batched(limited(read_slack_export_dir(_required_path(spec, config), spec.key), config.max_rows))
+    return batched(limited(read_slack_export_dir(_required_path(spec, config), spec.key), row_budget(config, None)))
 
 
 def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
@@ -94,25 +95,25 @@ def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterato
         for name, stream in discord_unveiled_files(config.path, spec.upstream, spec.key)
         for row in discord_api_rows(stream, spec.key, name, config.seed, config.sample_rate)
     )
-    return batched(limited(rows, config.max_rows))
+    return batched(limited(rows, row_budget(config, HUB_ROW_BUDGET)))
 
 
 def _load_chat_export(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     folder = Path(config.path) if config.path else settings.imports_dir()
-    return read_imports(folder, spec.key, config.max_archive_bytes)
+    return read_imports(folder, spec.key, config.max_archive_bytes, config.global_conversation_ids)
 
 
 def _load_ubuntu_irc(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     if config.path:
-        raise ValueError(
+        raise SourceConfigError(
             f"Source '{spec.key}' reads the slice shipped in the package ({UBUNTU_IRC_FILE.name}); it takes no "
             "path. Put your own chat JSONL under the imports folder and use the chat_export source instead."
         )
-    return iter([chat_jsonl_part(UBUNTU_IRC_FILE, spec.key, spec.platform, config.max_rows)])
+    return iter([chat_jsonl_part(UBUNTU_IRC_FILE, spec.key, spec.platform, row_budget(config, None))])
 
 
 def _load_sample(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
-    return batched(limited(generate_sample(config.n_messages, config.seed, spec.key), config.max_rows))
+    return batched(limited(generate_sample(config.n_messages, config.seed, spec.key), row_budget(config, None)))
 
 
 SOURCES: dict[str, SourceSpec] = {
@@ -154,6 +155,7 @@ SOURCES: dict[str, SourceSpec] = {
             "P0",
             "Ubuntu IRC with annotated reply links (Kummerfeld et al., 2019).",
             _hub_loader(irc_disentangle_rows),
+            streams_from_hub=True,
             hub_config="ubuntu",
         ),
         SourceSpec(
@@ -164,6 +166,7 @@ SOURCES: dict[str, SourceSpec] = {
             "P0",
             "Two-party Discord reply chains as ChatML.",
             _hub_loader(discord_dialogues_rows),
+            streams_from_hub=True,
         ),
         SourceSpec(
             "discord_unveiled",
@@ -173,6 +176,7 @@ SOURCES: dict[str, SourceSpec] = {
             "P1",
             "Public Discord servers' messages, streamed and sampled by channel-hour.",
             _load_discord_unveiled,
+            streams_from_hub=True,
         ),
         SourceSpec(
             "slack_disentangled",
@@ -191,6 +195,7 @@ SOURCES: dict[str, SourceSpec] = {
             "P2",
             "Flyte community Slack questions and their thread replies.",
             _hub_loader(thread_qa_rows),
+            streams_from_hub=True,
         ),
         SourceSpec(
             "slack_long_responses",
@@ -200,6 +205,7 @@ SOURCES: dict[str, SourceSpec] = {
             "P2",
             "Slack threads with long replies.",
             _hub_loader(thread_qa_rows),
+            streams_from_hub=True,
         ),
         SourceSpec(
             "clojurians",
@@ -218,6 +224,7 @@ SOURCES: dict[str, SourceSpec] = {
             "P2",
             "Knowledge-grounded two-party conversations.",
             _hub_loader(topical_chat_rows),
+            streams_from_hub=True,
             hub_data_files={
                 split: f"{split}.jsonl" for split in ("train", "valid_freq", "valid_rare", "test_freq", "test_rare")
             },
@@ -230,6 +237,7 @@ SOURCES: dict[str, SourceSpec] = {
             "P2",
             "Multi-turn assistant dialogues.",
             _hub_loader(ultrachat_rows),
+            streams_from_hub=True,
             default_split="train_sft",
         ),
     ]

