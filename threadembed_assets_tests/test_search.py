@@ -256,8 +256,9 @@ def run_imports_job(instance: dg.DagsterInstance) -> None:
 
 @pytest.mark.slow
 def test_real_server_serves_and_reloads_after_new_imports_without_dropping_requests(workdir):
-    messages = sample_messages(600)
-    write_import(workdir, "team.jsonl", messages[:300])
+    conversations = list(by_conversation(sample_messages(600)).values())  # each file holds whole conversations:
+    first, later = (sum(part, []) for part in (conversations[:60], conversations[60:]))  # ids are per file
+    write_import(workdir, "team.jsonl", first)
     with dg.instance_for_test() as instance:
         run_imports_job(instance)
         first_build = current_build("chat_export")
@@ -290,7 +291,7 @@ def test_real_server_serves_and_reloads_after_new_imports_without_dropping_reque
 
             asker = threading.Thread(target=keep_asking)
             asker.start()
-            write_import(workdir, "more.jsonl", messages[300:])
+            write_import(workdir, "more.jsonl", later)
             run_imports_job(instance)
             second_build = current_build("chat_export")
             assert second_build != first_build

@@ -126,7 +126,7 @@ def test_conversations_are_derived_from_reply_chains_then_time_gaps(workdir, war
     assert assigned["m0"] == assigned["m1"] == assigned["m2"] == "chain:m0|reply_chain"
     assert assigned["m3"] == assigned["m4"] != assigned["m5"]
     assert assigned["m3"].endswith("|time_gap") and assigned["m5"].endswith("|time_gap")
-    assert assigned["m6"] == "gold-1|reply_chain" and assigned["g1"] == "gold-1|gold"
+    assert assigned["m6"] == "derive.jsonl:gold-1|reply_chain" and assigned["g1"] == "derive.jsonl:gold-1|gold"
     positions = query(warehouse_db, "SELECT message_id, position FROM messages WHERE conversation_id = 'chain:m0'")
     assert sorted(positions) == [("m0", 0), ("m1", 1), ("m2", 2)]
 
