@@ -27,10 +27,9 @@ import httpx
 import numpy as np
 import uvicorn
 
-from threadembed_assets.benchmark.retrievers import model_key
 from threadembed_assets.benchmark.tasks import ChatLines, Line
 from threadembed_assets.search.http import create_app
-from threadembed_assets.search.index import ChatIndex, SearchModel
+from threadembed_assets.search.index import ChatIndex, SearchModel, archive_from_messages, load_search_model
 from threadembed_assets.search.onnx import OnnxEncoder, export_onnx
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.training.resources import ModelStore
@@ -148,15 +147,18 @@ def http_latency(index: ChatIndex, queries: list[str], clients: int) -> tuple[li
     return latencies, len(latencies) / elapsed
 
 
-def onnx_speed(messages: list[dict], base: str, folder: Path) -> OnnxEncoder:
+def onnx_speed(messages: list[dict], base: str, folder: Path) -> None:
     """Encoding speed of the int8 ONNX export against PyTorch on the same conversation texts (batches of 64) and
-    on single queries, in one run; the export is made in `folder` and returned."""
+    on single queries, in one run; the export is made in `folder`."""
+    model = load_model(base, "cpu")
     started = time.perf_counter()
-    export_onnx(base, folder)
+    export_onnx(model, base, folder)
     exported = time.perf_counter() - started
-    int8, model = OnnxEncoder(folder), load_model(base, "cpu")
-    index = ChatIndex.from_messages(messages[:6000], model=base, ranker=False, tune=False, onnx=False)
-    texts, singles = index.docs, [m["text"] for m in messages[:200]]
+    int8 = OnnxEncoder(folder)
+    with archive_from_messages(messages[:6000], "bench") as con:
+        lines = ChatLines.read(con, "bench", None)
+    texts = [ChatIndex._document(conversation) for conversation in lines.by_conversation.values()]
+    singles = [m["text"] for m in messages[:200]]
     timings = {}
     for name, encoder in (("pytorch", model), ("int8", int8)):
         encoder.encode(texts[:64], batch_size=64)
@@ -175,7 +177,6 @@ def onnx_speed(messages: list[dict], base: str, folder: Path) -> OnnxEncoder:
         f"{1000 * timings['pytorch'][1]:.1f} ms, {timings['pytorch'][1] / timings['int8'][1]:.2f}x; mean cosine to "
         f"PyTorch's vectors {agree:.4f}"
     )
-    return int8
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -226,13 +227,11 @@ def main() -> None:
     queries = [texts[i] for i in rng.choice(len(texts), size=args.queries, replace=False)]
     print(f"queries: {len(queries)} real IRC messages; median {statistics.median(len(q) for q in queries)} chars")
     with tempfile.TemporaryDirectory() as folder:
-        if args.pytorch:
-            model = SearchModel(load_model(base, "cpu"), base, base, model_key(base))
-        else:
-            if args.skip_real:
-                export_onnx(base, Path(folder))
-            int8 = OnnxEncoder(Path(folder)) if args.skip_real else onnx_speed(messages, base, Path(folder))
-            model = SearchModel(int8, base, f"{base} (ONNX int8)", int8.key)
+        if args.skip_real and not args.pytorch:
+            export_onnx(load_model(base, "cpu"), base, Path(folder))
+        elif not args.pytorch:
+            onnx_speed(messages, base, Path(folder))
+        model = load_search_model(base, base, "cpu", None if args.pytorch else Path(folder))
         print(f"queries encoded by {model.name}")
         for n in args.sizes:
             at_size(n, queries, args.clients, model)

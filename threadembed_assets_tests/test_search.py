@@ -136,10 +136,11 @@ def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_
     models = ModelStore(root=str(tmp_path / "models"))
     base = models.base_model_path()
     export = models.asset_dir(ONNX_MODEL) / "run-1"
-    export_onnx(base, export)
+    pytorch = load_model(base, "cpu")
+    export_onnx(pytorch, base, export)
     models.publish(ONNX_MODEL, export)
     texts = [m["text"] for m in messages[:100]]
-    reference = load_model(base, "cpu").encode(texts, batch_size=16)
+    reference = pytorch.encode(texts, batch_size=16)
     float32 = OnnxEncoder(export, FLOAT_FILE).encode(texts, batch_size=16)
     int8 = OnnxEncoder(export, INT8_FILE).encode(texts, batch_size=16)
     assert float32.shape == int8.shape == reference.shape
@@ -154,7 +155,7 @@ def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_
     assert served.search(query, k=1)[0].conversation_id == plain.search(query, k=1)[0].conversation_id
 
     other = tmp_path / "fine_tuned"
-    load_model(base, "cpu").save(str(other))
+    pytorch.save(str(other))
     assert (
         "ONNX"
         not in ChatIndex.from_messages(messages[:120], model=str(other), ranker=False, tune=False, models=models).model

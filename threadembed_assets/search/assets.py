@@ -58,7 +58,8 @@ def onnx_model(
     task."""
     model_path = ranker_model(models)
     folder = models.asset_dir(ONNX_MODEL) / context.run_id
-    exported = export_onnx(model_path, folder)
+    reference = load_model(model_path, "cpu")
+    exported = export_onnx(reference, model_path, folder)
     with connect(warehouse) as con:
         tasks = [
             t
@@ -67,7 +68,6 @@ def onnx_model(
         ]
     if not tasks:
         raise dg.Failure(description="onnx_model: no dev-split thread or next-message queries to measure it on")
-    reference = load_model(model_path, "cpu")
     comparison = compare_encoders(reference, OnnxEncoder(folder), tasks, compute.eval_batch_size)
     worst = min(row["mrr@10_candidate"] - row["mrr@10_reference"] for row in comparison["tasks"].values())
     serves = worst >= -config.tolerance

@@ -26,16 +26,13 @@ INT8_FILE = "model_qint8.onnx"
 POOLINGS = ("mean", "cls")
 
 
-def export_onnx(model_path: str, out_dir: Path, opset: int = 17) -> dict:
-    """Export the sentence-transformers model at `model_path` (Transformer, Pooling mean|cls, optional Normalize)
-    to `out_dir`: `model.onnx` (float32), `model_qint8.onnx` (int8 weights), the tokenizer and a config. Returns
-    the config. A model of another shape is a clear error."""
+def export_onnx(model, model_path: str, out_dir: Path, opset: int = 17) -> dict:
+    """Export `model`, the sentence-transformers model loaded from `model_path` on the CPU (Transformer, Pooling
+    mean|cls, optional Normalize), to `out_dir`: `model.onnx` (float32), `model_qint8.onnx` (int8 weights), the
+    tokenizer and a config. Returns the config. A model of another shape is a clear error."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from threadembed_assets.training.train import load_model
-
-    model = load_model(model_path, "cpu")
     names = [type(module).__name__ for module in model]
     if names[:2] != ["Transformer", "Pooling"] or any(name != "Normalize" for name in names[2:]):
         raise ValueError(f"ONNX export takes Transformer + Pooling [+ Normalize] models, not {' + '.join(names)}")

@@ -36,10 +36,3 @@ class RawSourceConfig(dg.Config):
     max_archive_bytes: int = Field(
         default=2 * 1024**3, description="chat_export: refuse a zip that expands past this many bytes."
     )
-
-
-def row_budget(config: RawSourceConfig, default: int | None) -> int | None:
-    """The messages to keep: the run config's budget (0: all), else the source's default (None: all)."""
-    if config.max_rows is None:
-        return default
-    return config.max_rows or None

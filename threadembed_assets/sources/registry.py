@@ -7,7 +7,7 @@ from pathlib import Path
 from threadembed_assets import settings
 from threadembed_assets.sources.chat_export import read_imports
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
-from threadembed_assets.sources.config import HUB_ROW_BUDGET, RawSourceConfig, SourceConfigError, row_budget
+from threadembed_assets.sources.config import HUB_ROW_BUDGET, RawSourceConfig, SourceConfigError
 from threadembed_assets.sources.dialogue import (
     discord_dialogues_rows,
     thread_qa_rows,
@@ -43,6 +43,13 @@ class SourceSpec:
     hub_data_files: dict | None = None  # split -> file, for hub repos that need them named
     streams_from_hub: bool = False  # reads the hub over the network unless a local path is configured
 
+    def row_budget(self, config: RawSourceConfig) -> int | None:
+        """The messages to keep: the run config's `max_rows` (0: all), else `HUB_ROW_BUDGET` for a source that
+        streams from the hub and everything for a local one."""
+        if config.max_rows is None:
+            return HUB_ROW_BUDGET if self.streams_from_hub else None
+        return config.max_rows or None
+
     def load(self, config: RawSourceConfig) -> Iterator[RawPiece]:
         """Raw pieces (record batches or self-writing Parquet parts) of this source under `config`."""
         return self.loader(self, config)
@@ -63,7 +70,7 @@ def _hub_loader(to_rows: Callable[[Iterable[dict], str, str], Iterator[dict]]) -
             data_files=spec.hub_data_files,
         )
         origin = config.path or f"{spec.upstream}:{split}"
-        return batched(limited(to_rows(records, spec.key, origin), row_budget(config, HUB_ROW_BUDGET)))
+        return batched(limited(to_rows(records, spec.key, origin), spec.row_budget(config)))
 
     return load
 
@@ -82,11 +89,11 @@ def _load_slack_disentangled(spec: SourceSpec, config: RawSourceConfig) -> Itera
     root = _required_path(spec, config)
     files = sorted(root.rglob("*.xml")) if root.is_dir() else [root]
     rows = (row for file in files for row in read_disentangled_xml(file, spec.key))
-    return batched(limited(rows, row_budget(config, None)))
+    return batched(limited(rows, spec.row_budget(config)))
 
 
 def _load_clojurians(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
-    return batched(limited(read_slack_export_dir(_required_path(spec, config), spec.key), row_budget(config, None)))
+    return batched(limited(read_slack_export_dir(_required_path(spec, config), spec.key), spec.row_budget(config)))
 
 
 def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
@@ -95,7 +102,7 @@ def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterato
         for name, stream in discord_unveiled_files(config.path, spec.upstream, spec.key)
         for row in discord_api_rows(stream, spec.key, name, config.seed, config.sample_rate)
     )
-    return batched(limited(rows, row_budget(config, HUB_ROW_BUDGET)))
+    return batched(limited(rows, spec.row_budget(config)))
 
 
 def _load_chat_export(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
@@ -109,11 +116,11 @@ def _load_ubuntu_irc(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawP
             f"Source '{spec.key}' reads the slice shipped in the package ({UBUNTU_IRC_FILE.name}); it takes no "
             "path. Put your own chat JSONL under the imports folder and use the chat_export source instead."
         )
-    return iter([chat_jsonl_part(UBUNTU_IRC_FILE, spec.key, spec.platform, row_budget(config, None))])
+    return iter([chat_jsonl_part(UBUNTU_IRC_FILE, spec.key, spec.platform, spec.row_budget(config))])
 
 
 def _load_sample(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
-    return batched(limited(generate_sample(config.n_messages, config.seed, spec.key), row_budget(config, None)))
+    return batched(limited(generate_sample(config.n_messages, config.seed, spec.key), spec.row_budget(config)))
 
 
 SOURCES: dict[str, SourceSpec] = {
