@@ -1,5 +1,6 @@
 """Deployment: the compose file, and a Dagster instance on a real PostgreSQL server whose daemon ticks a schedule."""
 
+import json
 import os
 import shutil
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -14,10 +16,11 @@ import psycopg2
 import pytest
 import yaml
 
-from threadembed_assets_tests.conftest import free_port, materialize_source, need_system
+from threadembed_assets_tests.conftest import free_port, materialize_source, need_system, query
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+BIN = Path(sys.executable).parent
 
 
 def test_compose_file_wires_postgres_user_code_webserver_and_daemon():
@@ -75,23 +78,52 @@ def postgres():
         )
 
 
-def test_postgres_instance_materializes_sample_and_the_daemon_ticks_a_schedule(
-    workdir, warehouse_db, postgres, monkeypatch
-):
-    home = workdir / "dagster_home"
-    shutil.copy(DOCKER / "dagster.yaml", home / "dagster.yaml")
+@pytest.fixture
+def deployment(workdir, warehouse_db, postgres, monkeypatch) -> Path:
+    """The deployment's instance (docker/dagster.yaml: PostgreSQL, queued runs, pools) in this test's DAGSTER_HOME,
+    and a workspace file for its daemon; returns the workspace file."""
+    shutil.copy(DOCKER / "dagster.yaml", workdir / "dagster_home" / "dagster.yaml")
     env = {
         "DAGSTER_POSTGRES_USER": "dagster",
         "DAGSTER_POSTGRES_PASSWORD": "",
         "DAGSTER_POSTGRES_HOST": "127.0.0.1",
         "DAGSTER_POSTGRES_DB": "dagster",
         "DAGSTER_POSTGRES_PORT": str(postgres),
-        "THREADEMBED_DISCORD_REFRESH": "on",
-        "THREADEMBED_DISCORD_REFRESH_CRON": "* * * * *",
         "THREADEMBED_WAREHOUSE": str(warehouse_db),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    workspace = workdir / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: threadembed_assets.definitions\n"
+        f"      working_directory: {Path(__file__).resolve().parents[1]}\n"
+    )
+    return workspace
+
+
+@contextmanager
+def running_daemon(workspace: Path):
+    """`dagster-daemon run` on the workspace (schedules, sensors, the run queue), stopped on exit."""
+    log_path = workspace.parent / "daemon.log"
+    with log_path.open("w") as log:
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+            env=os.environ.copy(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield daemon
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+
+
+def test_postgres_instance_materializes_sample_and_the_daemon_ticks_a_schedule(
+    deployment, warehouse_db, postgres, monkeypatch
+):
+    monkeypatch.setenv("THREADEMBED_DISCORD_REFRESH", "on")
+    monkeypatch.setenv("THREADEMBED_DISCORD_REFRESH_CRON", "* * * * *")
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         result = materialize_source("sample", warehouse_db, instance=instance)
@@ -99,25 +131,83 @@ def test_postgres_instance_materializes_sample_and_the_daemon_ticks_a_schedule(
         assert instance.get_run_by_id(result.run_id).is_success
     assert count(postgres, "SELECT count(*) FROM runs") == 1
 
-    workspace = workdir / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: threadembed_assets.definitions\n"
-        f"      working_directory: {Path(__file__).resolve().parents[1]}\n"
-    )
-    daemon_log = (workdir / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-        env=os.environ.copy(),
-        stdout=daemon_log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with running_daemon(deployment) as daemon:
         ticks, deadline = 0, time.monotonic() + 150
         while ticks == 0 and time.monotonic() < deadline and daemon.poll() is None:
             time.sleep(2)
             ticks = count(postgres, "SELECT count(*) FROM job_ticks WHERE tick_body LIKE '%discord_sample_refresh%'")
-        assert ticks >= 1, f"the daemon evaluated no tick: {(workdir / 'daemon.log').read_text()[-2000:]}"
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        daemon_log.close()
+        assert ticks >= 1, f"the daemon evaluated no tick: {(deployment.parent / 'daemon.log').read_text()[-2000:]}"
+
+
+WAREHOUSE_WRITERS = [
+    "messages",
+    "conversations",
+    "conversation_summaries",
+    "thread_pairs",
+    "query_response_pairs",
+    "temporal_pairs",
+    "summary_pairs",
+]
+
+
+def step_windows(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
+    """(start, end) wall-clock time of every step of a run, from its event log."""
+    starts, ends = {}, {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None or not event.step_key:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            starts[event.step_key] = record.timestamp
+        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            ends[event.step_key] = record.timestamp
+    return {step: (starts[step], ends[step]) for step in starts if step in ends}
+
+
+def test_two_concurrent_runs_queue_their_warehouse_writes_and_both_keep_their_rows(deployment, warehouse_db):
+    """Two runs of different sources, launched at once through the deployment's run queue and daemon: every step
+    that writes the warehouse takes the `warehouse` pool's one slot in turn, both runs succeed and each source's rows
+    are what its run reported. Each run executes in one process, so its writing steps follow each other closely and
+    the two runs' writes coincide unless the pool keeps them apart."""
+    sources = ["sample", "ubuntu_irc"]
+    # The sample's writes (30,000 messages) last longer than the gap between the two runs' starts.
+    ops_config = {"sample": {"raw_sample": {"config": {"n_messages": 30_000}}}, "ubuntu_irc": {}}
+    for source in sources:
+        steps = ",".join([f"raw_{source}", *WAREHOUSE_WRITERS])
+        subprocess.run(
+            [str(BIN / "dagster"), "job", "launch", "-w", str(deployment), "-j", "__ASSET_JOB", "-o", steps]
+            + ["--tags", json.dumps({"dagster/partition": source})]
+            + ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}, "ops": ops_config[source]})],
+            check=True,
+            capture_output=True,
+        )
+    with dg.DagsterInstance.get() as instance, running_daemon(deployment) as daemon:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and daemon.poll() is None:
+            runs = instance.get_runs()
+            if len(runs) == 2 and all(run.is_finished for run in runs):
+                break
+            time.sleep(1)
+        runs = instance.get_runs()
+        log = (deployment.parent / "daemon.log").read_text()[-3000:]
+        assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 2, log
+        windows = {run.tags["dagster/partition"]: step_windows(instance, run.run_id) for run in runs}
+        reported = {}
+        for source in sources:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("messages"), asset_partitions=[source]), limit=1
+            ).records
+            reported[source] = records[0].asset_materialization.metadata["dagster/row_count"].value
+    # The two runs ran at the same time, but never both inside a warehouse-writing step.
+    first, second = (windows[source] for source in sources)
+    spans = [(min(s for s, _ in w.values()), max(e for _, e in w.values())) for w in (first, second)]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], f"the runs did not overlap: {spans}"
+    for step_a, (start_a, end_a) in first.items():
+        for step_b, (start_b, end_b) in second.items():
+            if step_a in WAREHOUSE_WRITERS and step_b in WAREHOUSE_WRITERS:
+                assert end_a <= start_b or end_b <= start_a, f"{step_a} and {step_b} wrote the warehouse at once"
+    for source in sources:
+        rows = query(warehouse_db, "SELECT count(*) FROM messages WHERE source = $s", {"s": source})[0][0]
+        assert rows == reported[source] > 0
+        pairs = query(warehouse_db, "SELECT count(*) FROM thread_pairs WHERE source = $s", {"s": source})[0][0]
+        assert pairs > 0

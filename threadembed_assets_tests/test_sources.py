@@ -4,6 +4,9 @@ import gzip
 import io
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -406,3 +409,65 @@ def test_ubuntu_irc_slice_is_every_third_channel_of_irc_train_unchanged():
         shipped = [json.loads(line) for line in handle]
     assert shipped == expected
     assert (len(shipped), len(keep), len({r["conversation_id"] for r in shipped})) == (20_337, 51, 3_124)
+
+
+# A process that writes a raw cache of `n` sample messages and kills itself (SIGKILL, no cleanup) at its k-th
+# filesystem change (rename, replace, symlink, unlink, rmtree); k = 0 never.
+_DIE_AT_STEP = """
+import os, shutil, signal, sys
+from pathlib import Path
+from threadembed_assets.sources.raw_cache import write_raw_cache
+from threadembed_assets.sources.sample import generate_sample
+from threadembed_assets.sources.schema import batched
+
+dest, n, k = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+calls = 0
+
+def dying(change):
+    def wrapped(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return change(*args, **kwargs)
+    return wrapped
+
+for module, name in [(os, "rename"), (os, "replace"), (os, "symlink"), (os, "unlink"), (shutil, "rmtree")]:
+    setattr(module, name, dying(getattr(module, name)))
+write_raw_cache(batched(generate_sample(n, seed=3), size=100), dest)
+print(calls)
+"""
+
+
+def _raw_cache_rows(dest: Path) -> int:
+    from threadembed_assets.sources.raw_cache import PART_GLOB
+
+    return sum(pq.ParquetFile(part).metadata.num_rows for part in dest.glob(PART_GLOB))
+
+
+def test_a_raw_cache_load_killed_at_any_step_leaves_the_old_cache_or_the_new_one(tmp_path):
+    """Kill the writer at each of its filesystem changes in turn: readers then find all of the old cache's rows or all
+    of the new one's, never nothing or a mix, and the next load still succeeds."""
+    dest = tmp_path / "raw" / "sample"
+    run = [sys.executable, "-c", _DIE_AT_STEP, str(dest)]
+    subprocess.run([*run, "600", "0"], check=True, capture_output=True)
+    old = _raw_cache_rows(dest)
+    subprocess.run([*run, "300", "0"], check=True, capture_output=True)
+    new = _raw_cache_rows(dest)
+    assert 0 < new < old
+    outcomes = []
+    for size in ("600", "300"):  # each load replaces a cache of the other size
+        for k in itertools.count(1):
+            before = _raw_cache_rows(dest)
+            attempt = subprocess.run([*run, size, str(k)], capture_output=True)
+            if attempt.returncode == 0:  # it made fewer than k changes: every step has had its kill
+                break
+            assert attempt.returncode == -signal.SIGKILL, attempt.stderr
+            after = _raw_cache_rows(dest)
+            assert after in (old, new), f"killed at step {k}: {after} rows, neither {old} nor {new}"
+            outcomes.append(after == before)
+            subprocess.run([*run, "300" if size == "600" else "600", "0"], check=True, capture_output=True)
+        assert k > 2 and _raw_cache_rows(dest) == (old if size == "600" else new)
+    assert True in outcomes and False in outcomes  # some kills came before the switch, some after
+    versions = list((tmp_path / "raw" / ".versions" / "sample").iterdir())
+    assert len(versions) <= 2, versions  # the current version and the one before it; killed loads are cleaned up

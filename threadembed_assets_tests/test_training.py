@@ -1,6 +1,8 @@
 """Training with the smoke preset: real steps, checkpoints, resume after a kill, and blocking checks upstream."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,8 +180,9 @@ def _scored(thread: float, next_message: float) -> dict[str, dict[str, float]]:
 )
 def test_a_stage_is_published_only_when_it_beats_its_start_on_dev_tasks(tmp_path, before, after, published):
     result = train.StageResult(
-        run_dir=tmp_path, steps=1, planned_steps=1, final_learning_rate=0.0, resumed_from_step=0, pairs_seen=1,
-        pairs_per_second=1.0, train_seconds=1.0, wall_seconds=1.0, stopped_by_budget=False, loss_curve=[],
+        run_dir=tmp_path, steps=1, planned_steps=1, final_learning_rate=0.0, resumed_from_step=0,
+        budget_spent_before_s=0.0, pairs_seen=1, pairs_per_second=1.0, train_seconds=1.0, wall_seconds=1.0,
+        stopped_by_budget=False, loss_curve=[],
         dev_before=before, dev_after=after,
     )  # fmt: skip
     record = select("thread_model", result, str(tmp_path / "start"), only_if_better=True)
@@ -404,6 +407,13 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(workdir, warehouse_d
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert checkpoints, "no checkpoint was written before the kill"
+    # A kill in the middle of a save leaves a newest checkpoint without the files written last: resume skips it.
+    complete = sorted(work.glob("*/checkpoint-*/threadembed_progress.json"), key=lambda p: int(p.parent.name[11:]))
+    complete = [p.parent for p in complete]
+    cut_off = complete[-1].with_name(f"checkpoint-{int(complete[-1].name.split('-')[1]) + 1000}")
+    shutil.copytree(complete[-1], cut_off)
+    (cut_off / "threadembed_progress.json").unlink()
+    spent = json.loads((complete[-1] / "threadembed_progress.json").read_text())["budget_spent_s"]
     assert not (workdir / "models" / "thread_model" / "latest").exists()  # nothing half-published
 
     relaunch = materialize_source(
@@ -419,7 +429,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(workdir, warehouse_d
     )
     assert relaunch.success
     meta = relaunch.get_asset_materialization_events()[0].materialization.metadata
-    assert meta["resumed_from_step"].value >= 8
+    assert meta["resumed_from_step"].value == int(complete[-1].name.split("-")[1]) >= 8
+    assert meta["budget_spent_before_resume_s"].value == round(spent, 1) > 0  # the killed run's budget carries over
     assert meta["steps"].value == 40  # the global step continued to the budget
     assert SentenceTransformer(str(workdir / "models" / "thread_model" / "latest"), device="cpu")
     assert not list(work.glob("*"))  # the work folder is gone once the checkpoint is published
@@ -467,3 +478,27 @@ def test_a_hub_model_offline_is_a_clear_error():
 def test_matryoshka_dims_are_clipped_to_the_model():
     assert matryoshka_dims(768) == [768, 512, 256, 128, 64]
     assert matryoshka_dims(384) == [384, 256, 128, 64]
+
+
+def test_old_run_folders_and_stale_work_go_but_linked_ones_stay(tmp_path):
+    store = ModelStore(root=str(tmp_path), keep_runs=2, stale_work_hours=1)
+    runs = []
+    for i in range(6):
+        run = tmp_path / "thread_model" / f"run-{i}"
+        run.mkdir(parents=True)
+        os.utime(run, (1_000_000 + i, 1_000_000 + i))
+        runs.append(run)
+    store.publish("thread_model", runs[0])  # the oldest run is still `latest`
+    (tmp_path / "retrieval_model").mkdir()
+    store.record_hand_on("retrieval_model", runs[1])  # another stage hands on an old run of this one
+    stale, fresh = tmp_path / "thread_model" / "_work" / "old", tmp_path / "thread_model" / "_work" / "now"
+    for work in (stale, fresh):
+        (work / "checkpoint-4").mkdir(parents=True)
+    for path in (stale, stale / "checkpoint-4"):
+        os.utime(path, (1_000_000, 1_000_000))
+    removed = store.prune("thread_model")
+    assert sorted(p.name for p in removed) == ["old", "run-2", "run-3"]
+    assert sorted(p.name for p in (tmp_path / "thread_model").iterdir()) == [
+        "_work", "latest", "run-0", "run-1", "run-4", "run-5"
+    ]  # fmt: skip
+    assert fresh.exists() and store.latest("thread_model") == runs[0].resolve()

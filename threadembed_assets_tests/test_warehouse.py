@@ -2,11 +2,18 @@
 
 import json
 import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
+from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.definitions import ASSETS
+from threadembed_assets.warehouse.connection import WarehouseLockTimeout, connect
 from threadembed_assets_tests.conftest import materialize_source, need_shared, query, resources_for
 
 
@@ -203,3 +210,61 @@ def test_time_gap_conversation_ids_survive_earlier_data_and_a_new_gap(workdir, w
     assert {m: wider[m] for m in ["m1", "m2", "m10", "m11", "m12", "m30", "m31"]} == {
         m: after[m] for m in ["m1", "m2", "m10", "m11", "m12", "m30", "m31"]
     }
+
+
+def hold_write_lock(path: Path) -> subprocess.Popen:
+    """Another process that holds the warehouse open for writing until its stdin closes."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys; c = duckdb.connect({str(path)!r}); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_connect_waits_for_another_process_lock_and_says_so_when_it_stays(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE t AS SELECT 42 AS x")
+    warehouse = DuckDBResource(database=str(path))
+    holder = hold_write_lock(path)
+    try:
+        with (
+            pytest.raises(WarehouseLockTimeout, match="stayed locked by another process"),
+            connect(warehouse, read_only=True, wait_seconds=0.3),
+        ):
+            pass
+        got = {}
+
+        def read():
+            with connect(warehouse, read_only=True, wait_seconds=60) as con:
+                got["x"] = con.execute("SELECT x FROM t").fetchone()[0]
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        holder.stdin.close()  # the other process lets go: the waiting reader gets in
+        reader.join(timeout=60)
+        assert got == {"x": 42}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_connect_reads_in_a_process_that_writes_and_closes_on_errors(tmp_path):
+    warehouse = DuckDBResource(database=str(tmp_path / "w.duckdb"))
+    with pytest.raises(FileNotFoundError, match="materialize `messages` first"), connect(warehouse, read_only=True):
+        pass
+    with connect(warehouse) as writer:
+        writer.execute("CREATE TABLE t AS SELECT 1 AS x")
+        with connect(warehouse, read_only=True) as reader:
+            assert reader.execute("SELECT x FROM t").fetchone() == (1,)
+    with pytest.raises(duckdb.CatalogException), connect(warehouse) as con:
+        con.execute("SELECT * FROM missing")
+    with pytest.raises(duckdb.ConnectionException, match="closed"):
+        con.execute("SELECT 1")

@@ -40,7 +40,8 @@ from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.training.assets import STAGES, hard_negative_model, retrieval_model, thread_model
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import load_model
-from threadembed_assets.warehouse.assets import connect, conversations, messages
+from threadembed_assets.warehouse.assets import conversations, messages
+from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
 from threadembed_assets.warehouse.schema import transaction
 
@@ -213,7 +214,7 @@ def chat_ranker(
     benchmark's, the learner (logistic regression or boosted trees) chosen on dev-split tasks, and published as
     `models/chat_ranker/latest` with its feature list, weights and dev scores."""
     model_path = ranker_model(models)
-    with connect(warehouse) as con:
+    with connect(warehouse, read_only=True) as con:
         splits = {split: all_tasks(con, [split], config) for split in ("train", "dev")}
         learned = train_conversations(con, sorted({t.source for t in splits["train"]}))
     by_split = {
@@ -271,7 +272,7 @@ def benchmark_tasks(
     1-2 on the held-out platform; candidates are every conversation and message of the query's channel and time,
     whatever their split. Dev-split tasks are kept for tuning. Refuses when a published model learned from a
     conversation that gives a test query."""
-    with connect(warehouse) as con:
+    with connect(warehouse, read_only=True) as con:
         by_split = {"test": all_tasks(con, ["test"], config), "dev": all_tasks(con, ["dev"], config)}
     try:
         refuse_leaks(published_models(models, with_ranker=True), by_split["test"])

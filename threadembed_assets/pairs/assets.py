@@ -8,7 +8,8 @@ from dagster_duckdb import DuckDBResource
 from threadembed_assets.pairs.build import STRATEGIES, PairConfig, build_pairs
 from threadembed_assets.pairs.quality import pair_metrics
 from threadembed_assets.summaries.assets import conversation_summaries
-from threadembed_assets.warehouse.assets import connect, conversations, messages, source_partitions
+from threadembed_assets.warehouse.assets import conversations, messages, source_partitions
+from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 
 _DESCRIPTIONS = {
     "A": "Strategy A: a message and the window of its own conversation around it (the thread it belongs to).",
@@ -67,6 +68,7 @@ def build_pair_asset(strategy: str, extra_deps: tuple = ()) -> dg.AssetsDefiniti
         group_name="pairs",
         deps=[messages, conversations, *extra_deps],
         kinds={"duckdb"},
+        pool=WAREHOUSE_POOL,
         description=_DESCRIPTIONS[strategy] + _NEGATIVES,
     )
     def pair_asset(

@@ -4,7 +4,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.pairs.quality import PairQualityThresholds, judge, pair_metrics
-from threadembed_assets.warehouse.assets import connect
+from threadembed_assets.warehouse.connection import connect
 
 _SHOWN = [
     "rows",
@@ -61,7 +61,7 @@ def build_pair_quality_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefini
         context: dg.AssetCheckExecutionContext, config: PairQualityThresholds, warehouse: DuckDBResource
     ) -> dg.AssetCheckResult:
         partition = context.op_execution_context.partition_key
-        with connect(warehouse) as con:
+        with connect(warehouse, read_only=True) as con:
             current = pair_metrics(con, table, partition)
         previous = previous_quality(context.instance, asset.key, partition)
         findings = judge(current, previous, config)

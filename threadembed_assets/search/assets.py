@@ -23,7 +23,8 @@ from threadembed_assets.search.onnx import (
 from threadembed_assets.search.store import save_index
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import load_model
-from threadembed_assets.warehouse.assets import connect, conversations, source_partitions
+from threadembed_assets.warehouse.assets import conversations, source_partitions
+from threadembed_assets.warehouse.connection import connect
 
 
 class IndexConfig(dg.Config):
@@ -60,7 +61,7 @@ def onnx_model(
     folder = models.asset_dir(ONNX_MODEL) / context.run_id
     reference = load_model(model_path, "cpu")
     exported = export_onnx(reference, model_path, folder)
-    with connect(warehouse) as con:
+    with connect(warehouse, read_only=True) as con:
         tasks = [
             t
             for t in all_tasks(con, ["dev"], config)
@@ -119,10 +120,11 @@ def conversation_index(
     and the HTTP app read it."""
     source = context.partition_key
     started = time.perf_counter()
-    with connect(warehouse) as con:
-        index = ChatIndex.from_connection(
-            con, source, models=models, device=compute.resolve_device(), ann=True, batch_size=compute.eval_batch_size
-        )
+    with connect(warehouse, read_only=True) as con:
+        lines = ChatIndex.read_lines(con, source)
+    index = ChatIndex.from_lines(
+        lines, models=models, device=compute.resolve_device(), ann=True, batch_size=compute.eval_batch_size
+    )
     encoded = time.perf_counter() - started
     dev = [cid for cid, lines in index.lines.by_conversation.items() if lines[0].split == "dev"]
     threshold = index.tune_new_threshold(dev or None, max_messages=config.tune_messages)

@@ -283,9 +283,24 @@ class ChatIndex:
 
     @classmethod
     def from_connection(
+        cls, con: duckdb.DuckDBPyConnection, source: str, model: str | None = None, ranker=None, **kwargs
+    ) -> "ChatIndex":
+        """An index of `source`'s messages in a warehouse connection (see `from_lines` for the rest)."""
+        return cls.from_lines(cls.read_lines(con, source), model, ranker, **kwargs)
+
+    @staticmethod
+    def read_lines(con: duckdb.DuckDBPyConnection, source: str) -> ChatLines:
+        """`source`'s messages of a warehouse connection, ready to index; read before encoding, so the connection
+        can close while the model works."""
+        lines = ChatLines.read(con, source, None)
+        if not lines.by_conversation:
+            raise ValueError(f"no messages of source {source!r} to index")
+        return lines
+
+    @classmethod
+    def from_lines(
         cls,
-        con: duckdb.DuckDBPyConnection,
-        source: str,
+        lines: ChatLines,
         model: str | None = None,
         ranker: str | ChatRanker | bool | None = None,
         *,
@@ -294,7 +309,8 @@ class ChatIndex:
         onnx: bool = True,
         **kwargs,
     ) -> "ChatIndex":
-        """An index of `source`'s messages in a warehouse connection (see `from_messages` for the rest)."""
+        """An index of `lines` with `model` (default: the ranker's model, else the best published stage) and
+        `ranker` (see `from_messages`)."""
         models = models or ModelStore()
         fitted = resolve_ranker(ranker, models)
         if model is None:
@@ -306,9 +322,6 @@ class ChatIndex:
                 "chat_ranker reads %s, not %s: thread_of and next_message use fusion", fitted.model_path, loaded.path
             )
             fitted = None
-        lines = ChatLines.read(con, source, None)
-        if not lines.by_conversation:
-            raise ValueError(f"no messages of source {source!r} to index")
         return cls(lines, loaded, fitted, **kwargs)
 
     @classmethod
@@ -329,7 +342,8 @@ class ChatIndex:
         if not path.exists():
             raise FileNotFoundError(f"no warehouse at {path}: run `make run SOURCE={source}` (or materialize it) first")
         with duckdb.connect(str(path), read_only=True) as con:
-            index = cls.from_connection(con, source, model, ranker, models=models, use_stored=True, onnx=onnx)
+            lines = cls.read_lines(con, source)
+        index = cls.from_lines(lines, model, ranker, models=models, use_stored=True, onnx=onnx)
         if not index.new_threshold:
             dev = [cid for cid, lines in index.lines.by_conversation.items() if lines[0].split == "dev"]
             index.tune_new_threshold(dev or None)

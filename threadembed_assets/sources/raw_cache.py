@@ -1,6 +1,14 @@
-"""The raw Parquet cache: `$THREADEMBED_DATA_DIR/raw/<source>/part-NNNNN.parquet`, replaced as a whole."""
+"""The raw Parquet cache: `$THREADEMBED_DATA_DIR/raw/<source>/part-NNNNN.parquet`, replaced as a whole.
 
+`raw/<source>` is a symlink to one complete version folder, `raw/.versions/<source>/<stamp>/`. A new load writes a
+new version folder and then switches the link with one atomic rename, so a reader, or a process killed at any
+point, sees the old cache or the new one, never a mix or nothing. The previous version stays (a reader that resolved
+the link just before the switch still finds its files); older ones are removed after the switch.
+"""
+
+import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,13 +28,13 @@ def raw_cache_dir(source: str) -> Path:
 
 
 def write_raw_cache(pieces: Iterable[RawPiece], dest: Path) -> dict:
-    """Write a loader's pieces as Parquet parts in a temporary folder, then swap it in for `dest`.
+    """Write a loader's pieces as Parquet parts in a new version folder, then switch `dest` to it atomically.
 
-    A load that fails leaves the previous cache as it was. Returns rows, error rows and bytes.
+    A load that fails (or is killed) leaves the previous cache as it was. Returns rows, error rows and bytes.
     """
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    versions = dest.parent / ".versions" / dest.name
+    version = versions / f"{time.time_ns():020d}"
+    version.mkdir(parents=True)
     parts = 0
     writer: pq.ParquetWriter | None = None
     try:
@@ -35,7 +43,7 @@ def write_raw_cache(pieces: Iterable[RawPiece], dest: Path) -> dict:
                 if writer is not None:
                     writer.close()
                     writer = None
-                part = partial / f"part-{parts:05d}.parquet"
+                part = version / f"part-{parts:05d}.parquet"
                 parts += 1
                 if isinstance(piece, ParquetPart):
                     piece.write(part)
@@ -44,24 +52,34 @@ def write_raw_cache(pieces: Iterable[RawPiece], dest: Path) -> dict:
             writer.write_batch(piece)
         if writer is not None:
             writer.close()
+            writer = None
         if parts == 0:
-            pq.write_table(pa.Table.from_batches([], schema=RAW_SCHEMA), partial / "part-00000.parquet")
-        _swap(partial, dest)
+            pq.write_table(pa.Table.from_batches([], schema=RAW_SCHEMA), version / "part-00000.parquet")
     except BaseException:
         if writer is not None:
             writer.close()
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(version, ignore_errors=True)
         raise
+    _switch(dest, version)
     return raw_cache_stats(dest)
 
 
-def _swap(partial: Path, dest: Path) -> None:
-    previous = dest.with_name(dest.name + ".previous")
-    shutil.rmtree(previous, ignore_errors=True)
-    if dest.exists():
-        dest.rename(previous)
-    partial.rename(dest)
-    shutil.rmtree(previous, ignore_errors=True)
+def _switch(dest: Path, version: Path) -> None:
+    """Point `dest` at `version` with one rename, then remove versions older than the one it replaced."""
+    if dest.is_dir() and not dest.is_symlink():
+        # A cache of the layout before versions becomes the oldest version (a one-time, two-step move).
+        first = version.with_name(f"{0:020d}")
+        dest.rename(first)
+        os.symlink(os.path.relpath(first, dest.parent), dest)
+    keep = {version.resolve(), dest.resolve() if dest.is_symlink() else None}
+    for stale in dest.parent.glob(f".{dest.name}.link-*"):  # left by a process killed before its switch
+        stale.unlink(missing_ok=True)
+    link = dest.with_name(f".{dest.name}.link-{os.getpid()}")
+    os.symlink(os.path.relpath(version, dest.parent), link)
+    os.replace(link, dest)
+    for old in version.parent.iterdir():
+        if old.resolve() not in keep and old.name < version.name:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def raw_cache_stats(dest: Path) -> dict:

@@ -16,7 +16,8 @@ from threadembed_assets.summaries.summarize import (
     summarize_with_llm,
     write_summaries,
 )
-from threadembed_assets.warehouse.assets import connect, conversations, messages, source_partitions
+from threadembed_assets.warehouse.assets import conversations, messages, source_partitions
+from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 
 
 def _samples_markdown(con, source: str, limit: int = 5) -> str:
@@ -35,6 +36,7 @@ def _samples_markdown(con, source: str, limit: int = 5) -> str:
     group_name="summaries",
     deps=[messages, conversations],
     kinds={"duckdb", "openai"},
+    pool=WAREHOUSE_POOL,
 )
 def conversation_summaries(
     context: dg.AssetExecutionContext, config: SummaryConfig, warehouse: DuckDBResource, llm: LLMResource

@@ -19,7 +19,8 @@ from threadembed_assets.training.mining import (
 from threadembed_assets.training.presets import TrainConfig, recipe_for
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import StageResult, fingerprint, load_model, train_stage
-from threadembed_assets.warehouse.assets import connect, source_partitions
+from threadembed_assets.warehouse.assets import source_partitions
+from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
 
 
@@ -173,6 +174,7 @@ def _metadata(result: StageResult, start_from: str, latest: str, record: dict, s
         "hand_on": dg.MetadataValue.path(selection["hand_on"]),
         "train_datasets": dg.MetadataValue.json(result.hyperparameters["train_datasets"]),
         "resumed_from_step": result.resumed_from_step,
+        "budget_spent_before_resume_s": round(result.budget_spent_before_s, 1),
         "pairs_seen": result.pairs_seen,
         "pairs_per_second": round(result.pairs_per_second, 2),
         "train_seconds": round(result.train_seconds, 1),
@@ -209,7 +211,7 @@ def run_stage(
     recipe = recipe_for(stage.name, config, compute.train_batch_size)
     start_from = _start_path(stage, models)
     exclude = sorted(set(config.exclude_platforms))
-    with connect(warehouse) as con:
+    with connect(warehouse, read_only=True) as con:
         try:
             train_sets = load_training_sets(
                 con,
@@ -261,6 +263,8 @@ def run_stage(
             f"the next stage starts from {selection['winner']}"
         )
     models.record_hand_on(stage.name, Path(selection["hand_on"]))
+    for removed in models.prune(stage.name, keep_work=asset_dir / "_work" / key):
+        context.log.info(f"{stage.name}: removed {removed} (beyond the newest {models.keep_runs} runs, or stale)")
     latest = models.latest(stage.name)
     context.log.info(
         f"{stage.name}: {result.steps}/{result.planned_steps} steps, {result.pairs_per_second:.1f} pairs/s over "
@@ -320,9 +324,11 @@ def hard_negative_pairs(
     source = context.partition_key
     latest = handed_on("retrieval_model", models)
     model = load_model(latest, compute.resolve_device())
-    with connect(warehouse) as con:
+    with connect(warehouse, read_only=True) as con:
         rows = load_mining_rows(con, source, config)
-        mined = mine_rows(model, rows, config, compute.eval_batch_size)
+    # Encoding holds no connection: other runs read and write the warehouse meanwhile.
+    mined = mine_rows(model, rows, config, compute.eval_batch_size)
+    with connect(warehouse) as con:
         written = write_hard_negative_pairs(con, source, rows, mined)
         metadata = quality_metadata(con, HARD_NEGATIVE_TABLE, source, config)
     context.log.info(f"{HARD_NEGATIVE_TABLE}[{source}]: {len(mined)} mined of {len(rows)} pairs, {written} rows")

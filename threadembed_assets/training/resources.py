@@ -1,5 +1,7 @@
 """The `compute` (GPU) and `models` (checkpoint store) resources."""
 
+import shutil
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -63,6 +65,16 @@ class ModelStore(dg.ConfigurableResource):
         default="",
         description="Sentence-transformers name or path to start from (default: all-MiniLM-L6-v2, offline).",
     )
+    keep_runs: int = Field(
+        default=5,
+        description="Run folders kept per asset, newest first, besides every folder a `latest` or `hand_on` link "
+        "points at; older ones are removed after each training run.",
+    )
+    stale_work_hours: float = Field(
+        default=24.0,
+        description="A `_work/<fingerprint>` folder (checkpoints of a killed run) untouched this long is removed: "
+        "its run is not coming back.",
+    )
 
     def root_dir(self) -> Path:
         return Path(self.root) if self.root else settings.models_dir()
@@ -97,6 +109,34 @@ class ModelStore(dg.ConfigurableResource):
         """Point `<asset>/hand_on` at the model the stages after it start from (atomically)."""
         return self._link(asset, "hand_on", model_dir)
 
+    def linked_folders(self) -> set[Path]:
+        """Every folder a `latest` or `hand_on` link of any asset points at (stages hand on each other's runs)."""
+        links = [*self.root_dir().glob("*/latest"), *self.root_dir().glob("*/hand_on")]
+        return {link.resolve() for link in links if link.exists()}
+
+    def prune(self, asset: str, keep_work: Path | None = None) -> list[Path]:
+        """Remove `asset`'s run folders beyond the newest `keep_runs` (never a linked one) and its stale work
+        folders (not `keep_work`); returns what was removed."""
+        folder = self.asset_dir(asset)
+        if not folder.is_dir():
+            return []
+        runs = [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and p.name[0] not in "._"]
+        runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        linked = self.linked_folders()
+        removed = [p for p in runs[max(self.keep_runs, 0) :] if p.resolve() not in linked]
+        cutoff = time.time() - self.stale_work_hours * 3600
+        work = folder / "_work"
+        if work.is_dir():
+            removed += [p for p in work.iterdir() if p != keep_work and p.is_dir() and _last_touched(p) < cutoff]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
+
     def _link(self, asset: str, name: str, target: Path) -> Path:
         """Point `<asset>/<name>` at `target` in one atomic rename (relative inside the store, so it can move)."""
         return switch_link(self.asset_dir(asset) / name, target, within=self.root_dir())
+
+
+def _last_touched(folder: Path) -> float:
+    """The newest modification time of `folder` and everything in it."""
+    return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])

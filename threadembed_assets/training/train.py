@@ -6,6 +6,7 @@ after."""
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -17,12 +18,15 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraini
 from sentence_transformers.sentence_transformer import losses
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from threadembed_assets.training.batching import ChatTrainer, batch_sampler
 from threadembed_assets.training.data import training_set_summary
 from threadembed_assets.training.presets import Recipe
 
 MATRYOSHKA_DIMS = (768, 512, 256, 128, 64)
+# Written into a checkpoint folder after the trainer's own files: a checkpoint without it was cut off mid-save.
+PROGRESS_FILE = "threadembed_progress.json"
 
 
 def matryoshka_dims(dimension: int) -> list[int]:
@@ -66,8 +70,16 @@ class StageProgress(TrainerCallback):
     checkpoints (from a step's end to the `on_save` that follows it), so that pairs/s is training throughput.
     """
 
-    def __init__(self, log: Callable[[str], None], batch_size: int, max_seconds: float, every_s: float = 15.0):
+    def __init__(
+        self,
+        log: Callable[[str], None],
+        batch_size: int,
+        max_seconds: float,
+        every_s: float = 15.0,
+        spent_before: float = 0.0,
+    ):
         self.log, self.batch_size, self.max_seconds, self.every_s = log, batch_size, max_seconds, every_s
+        self.spent_before = spent_before  # seconds of the budget that the killed runs before a resume used
         self.start = self.last_log = time.monotonic()
         self.end: float | None = None
         self.first_step: int | None = None
@@ -83,6 +95,10 @@ class StageProgress(TrainerCallback):
             return 0.0
         end = self.end if self.end is not None else time.monotonic()
         return max(0.0, end - self.start - self.save_seconds)
+
+    def budget_spent(self) -> float:
+        """Seconds of the wall-clock budget used: this run's training so far plus the runs it resumes."""
+        return self.spent_before + (time.monotonic() - self.start if self.first_step is not None else 0.0)
 
     def steps_trained(self) -> int:
         """Optimizer steps taken in this run (a resumed run counts from the checkpoint it resumed)."""
@@ -114,12 +130,16 @@ class StageProgress(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.last_step = state.global_step
         self._step_ended_at = time.monotonic()
-        if self._step_ended_at - self.start > self.max_seconds:
+        if self.budget_spent() > self.max_seconds:
             self.stopped_by_budget = True
             control.should_training_stop = True
             control.should_save = True
 
     def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        marker = folder / (PROGRESS_FILE + ".tmp")
+        marker.write_text(json.dumps({"global_step": state.global_step, "budget_spent_s": self.budget_spent()}))
+        os.replace(marker, folder / PROGRESS_FILE)
         now = time.monotonic()
         if self._step_ended_at is not None:
             self.save_seconds += now - self._step_ended_at
@@ -138,6 +158,7 @@ class StageResult:
     planned_steps: int  # the schedule's length: warmup, then linear decay to zero here
     final_learning_rate: float | None  # the scheduler's rate after the last step (0 when the schedule ended)
     resumed_from_step: int
+    budget_spent_before_s: float  # wall-clock budget the killed runs before this resume used
     pairs_seen: int
     pairs_per_second: float  # training throughput: pairs of this run's steps / train_seconds
     train_seconds: float  # first step to end of training, checkpoint writes excluded
@@ -184,6 +205,22 @@ def headline(scores: dict) -> dict[str, dict[str, float]]:
             task, metric = key.removeprefix("dev_").split("_cosine_")
             by_task.setdefault(task, {})[metric] = round(value, 4)
     return by_task
+
+
+def last_complete_checkpoint(work_dir: Path, log: Callable[[str], None]) -> tuple[Path | None, float]:
+    """The trainer's last checkpoint in `work_dir` whose save finished (the progress file is written last), and the
+    budget seconds spent up to it; a checkpoint cut off mid-save is removed, and the one before it is tried."""
+    while work_dir.is_dir() and (found := get_last_checkpoint(str(work_dir))):
+        checkpoint = Path(found)
+        try:
+            progress = json.loads((checkpoint / PROGRESS_FILE).read_text())
+            if (checkpoint / "trainer_state.json").is_file():
+                return checkpoint, float(progress["budget_spent_s"])
+        except (OSError, ValueError, KeyError):
+            pass
+        log(f"{checkpoint.name} in {work_dir} is incomplete (its save was cut off): removed")
+        shutil.rmtree(checkpoint)
+    return None, 0.0
 
 
 def train_stage(
@@ -235,15 +272,15 @@ def train_stage(
         disable_tqdm=True,
         dataloader_drop_last=False,
     )
-    progress = StageProgress(log, recipe.batch_size, recipe.max_minutes * 60)
+    checkpoint, spent_before = last_complete_checkpoint(work_dir, log)
+    resumed_from_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
+    if checkpoint:
+        log(f"{stage}: resuming from {checkpoint.name}, {spent_before:.0f} s of the wall-clock budget spent before")
+    progress = StageProgress(log, recipe.batch_size, recipe.max_minutes * 60, spent_before=spent_before)
     trainer = ChatTrainer(
         model=model, args=args, train_dataset=train_sets, loss=build_loss(model, recipe), callbacks=[progress]
     )
-    checkpoints = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    resumed_from_step = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
-    if resumed_from_step:
-        log(f"{stage}: resuming from {checkpoints[-1].name}")
-    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     steps = trainer.state.global_step
     final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
@@ -260,6 +297,7 @@ def train_stage(
         planned_steps=max_steps,
         final_learning_rate=final_learning_rate,
         resumed_from_step=resumed_from_step,
+        budget_spent_before_s=spent_before,
         pairs_seen=steps * recipe.batch_size,
         pairs_per_second=pairs_per_second,
         train_seconds=train_seconds,

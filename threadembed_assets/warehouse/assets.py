@@ -1,13 +1,12 @@
 """Warehouse assets: `messages` and `conversations`, one partition per source, in DuckDB."""
 
-from pathlib import Path
-
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.sources.assets import RAW_ASSETS
 from threadembed_assets.sources.raw_cache import PART_GLOB, raw_cache_dir
 from threadembed_assets.sources.registry import SOURCES
+from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 from threadembed_assets.warehouse.conversations import build_conversations, conversation_preview
 from threadembed_assets.warehouse.load import LoadOptions, load_messages
 from threadembed_assets.warehouse.schema import table_schema
@@ -24,17 +23,12 @@ def _column_schema(con, table: str) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in table_schema(con, table)])
 
 
-def connect(warehouse: DuckDBResource):
-    """A connection to the warehouse, creating its folder on first use."""
-    Path(warehouse.database).parent.mkdir(parents=True, exist_ok=True)
-    return warehouse.get_connection()
-
-
 @dg.asset(
     partitions_def=source_partitions,
     group_name="warehouse",
     deps=RAW_ASSETS,
     kinds={"duckdb"},
+    pool=WAREHOUSE_POOL,
 )
 def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: DuckDBResource) -> dg.MaterializeResult:
     """Normalized messages of one source: conversations (gold or derived), positions and a stable split.
@@ -65,7 +59,9 @@ def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: 
     )
 
 
-@dg.asset(partitions_def=source_partitions, group_name="warehouse", deps=[messages], kinds={"duckdb"})
+@dg.asset(
+    partitions_def=source_partitions, group_name="warehouse", deps=[messages], kinds={"duckdb"}, pool=WAREHOUSE_POOL
+)
 def conversations(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
     """One row per conversation of a source: counts, participants, time span, method and split."""
     source = context.partition_key
