@@ -1,6 +1,9 @@
+import shutil
+
 import dagster as dg
 
-from threadembed_assets.definitions import defs
+from threadembed_assets import versions
+from threadembed_assets.definitions import ASSETS, defs
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.warehouse.assets import source_partitions
 
@@ -44,3 +47,20 @@ def test_asset_groups():
     upstream_of_ranker = {key.to_user_string() for key in graph.get(dg.AssetKey("chat_ranker")).parent_keys}
     assert "hard_negative_model" in upstream_of_ranker
     assert "chat_ranker" in {key.to_user_string() for key in graph.get(dg.AssetKey("benchmark_scores")).parent_keys}
+
+
+def test_every_asset_carries_its_stage_code_version_which_follows_that_stage_code(tmp_path, monkeypatch):
+    for asset in ASSETS:
+        for key in asset.keys:
+            assert asset.code_versions_by_key[key], f"{key.to_user_string()} has no code_version"
+    assert {asset.code_versions_by_key[asset.key] for asset in ASSETS if asset.key.path[0] == "messages"} == {
+        versions.code_version("warehouse")
+    }
+    for stage in ("pairs", "warehouse"):
+        shutil.copytree(versions.PACKAGE / stage, tmp_path / stage)
+    monkeypatch.setattr(versions, "PACKAGE", tmp_path)
+    before = {stage: versions.code_version.__wrapped__(stage) for stage in ("pairs", "warehouse")}
+    build = tmp_path / "pairs" / "build.py"
+    build.write_text(build.read_text() + "\n# a change\n")
+    after = {stage: versions.code_version.__wrapped__(stage) for stage in ("pairs", "warehouse")}
+    assert after["pairs"] != before["pairs"] and after["warehouse"] == before["warehouse"]

@@ -40,6 +40,7 @@ from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.training.assets import STAGES, hard_negative_model, retrieval_model, thread_model
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import load_model
+from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import conversations, messages
 from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
@@ -197,6 +198,7 @@ def svg_bars(rows: list[tuple[str, float]], scale: float = 1.0, number: str = ".
 
 
 @dg.asset(
+    code_version=code_version("benchmark"),
     group_name="training",
     deps=[messages, conversations, thread_model, retrieval_model, hard_negative_model],
     kinds={"scikitlearn"},
@@ -252,6 +254,7 @@ def chat_ranker(
 
 
 @dg.asset(
+    code_version=code_version("benchmark"),
     group_name="benchmark",
     deps=[
         messages,
@@ -319,6 +322,7 @@ def svg_bar_chart(results: list[Scored], task: str) -> str:
 
 
 @dg.asset(
+    code_version=code_version("benchmark"),
     group_name="benchmark",
     deps=[benchmark_tasks, thread_model, retrieval_model, hard_negative_model, chat_ranker],
     kinds={"duckdb", "pytorch"},

@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 from threadembed_assets.pairs.build import STRATEGIES, PairConfig, build_pairs
 from threadembed_assets.pairs.quality import pair_metrics
 from threadembed_assets.summaries.assets import conversation_summaries
+from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import conversations, messages, source_partitions
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 
@@ -63,6 +64,7 @@ def build_pair_asset(strategy: str, extra_deps: tuple = ()) -> dg.AssetsDefiniti
     table = STRATEGIES[strategy]
 
     @dg.asset(
+        code_version=code_version("pairs"),
         name=table,
         partitions_def=source_partitions,
         group_name="pairs",

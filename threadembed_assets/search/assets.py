@@ -23,6 +23,7 @@ from threadembed_assets.search.onnx import (
 from threadembed_assets.search.store import save_index
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import load_model
+from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import conversations, source_partitions
 from threadembed_assets.warehouse.connection import connect
 
@@ -44,7 +45,7 @@ class OnnxConfig(TaskConfig):
     )
 
 
-@dg.asset(group_name="search", deps=[chat_ranker], kinds={"onnx"})
+@dg.asset(code_version=code_version("search"), group_name="search", deps=[chat_ranker], kinds={"onnx"})
 def onnx_model(
     context: dg.AssetExecutionContext,
     config: OnnxConfig,
@@ -99,6 +100,7 @@ def onnx_model(
 
 
 @dg.asset(
+    code_version=code_version("search"),
     partitions_def=source_partitions,
     group_name="search",
     deps=[conversations, chat_ranker, onnx_model],

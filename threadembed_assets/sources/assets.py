@@ -6,6 +6,7 @@ from threadembed_assets.sources.config import RawSourceConfig, SourceConfigError
 from threadembed_assets.sources.hub import HubUnavailableError
 from threadembed_assets.sources.raw_cache import preview_markdown, raw_cache_dir, write_raw_cache
 from threadembed_assets.sources.registry import SOURCES, SourceSpec
+from threadembed_assets.versions import code_version
 
 # Failures a user fixes by configuration: shown as a clear message, not a traceback.
 # Anything else is a bug and keeps its traceback.
@@ -18,6 +19,7 @@ def build_raw_asset(spec: SourceSpec) -> dg.AssetsDefinition:
     """The `raw_<source>` asset: the dataset as fetched, cached as Parquet under the data folder."""
 
     @dg.asset(
+        code_version=code_version("sources"),
         name=f"raw_{spec.key}",
         group_name="raw",
         description=f"{spec.description}\n\nUpstream: {spec.upstream} ({spec.license}), priority {spec.priority}.",

@@ -16,6 +16,7 @@ from threadembed_assets.summaries.summarize import (
     summarize_with_llm,
     write_summaries,
 )
+from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import conversations, messages, source_partitions
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 
@@ -32,6 +33,7 @@ def _samples_markdown(con, source: str, limit: int = 5) -> str:
 
 
 @dg.asset(
+    code_version=code_version("summaries"),
     partitions_def=source_partitions,
     group_name="summaries",
     deps=[messages, conversations],

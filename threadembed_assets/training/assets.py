@@ -19,6 +19,7 @@ from threadembed_assets.training.mining import (
 from threadembed_assets.training.presets import TrainConfig, recipe_for
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import StageResult, fingerprint, load_model, train_stage
+from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import source_partitions
 from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
@@ -275,7 +276,15 @@ def run_stage(
 
 
 def _training_asset(stage: Stage, deps: list, description: str) -> dg.AssetsDefinition:
-    @dg.asset(name=stage.name, group_name="training", deps=deps, pool="gpu", kinds={"pytorch"}, description=description)
+    @dg.asset(
+        code_version=code_version("training"),
+        name=stage.name,
+        group_name="training",
+        deps=deps,
+        pool="gpu",
+        kinds={"pytorch"},
+        description=description,
+    )
     def training_asset(
         context: dg.AssetExecutionContext,
         config: TrainConfig,
@@ -302,6 +311,7 @@ retrieval_model = _training_asset(
 
 
 @dg.asset(
+    code_version=code_version("training"),
     name=HARD_NEGATIVE_TABLE,
     partitions_def=source_partitions,
     group_name="pairs",

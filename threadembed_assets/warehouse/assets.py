@@ -6,6 +6,7 @@ from dagster_duckdb import DuckDBResource
 from threadembed_assets.sources.assets import RAW_ASSETS
 from threadembed_assets.sources.raw_cache import PART_GLOB, raw_cache_dir
 from threadembed_assets.sources.registry import SOURCES
+from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 from threadembed_assets.warehouse.conversations import build_conversations, conversation_preview
 from threadembed_assets.warehouse.load import LoadOptions, load_messages
@@ -24,6 +25,7 @@ def _column_schema(con, table: str) -> dg.TableSchema:
 
 
 @dg.asset(
+    code_version=code_version("warehouse"),
     partitions_def=source_partitions,
     group_name="warehouse",
     deps=RAW_ASSETS,
@@ -60,7 +62,12 @@ def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: 
 
 
 @dg.asset(
-    partitions_def=source_partitions, group_name="warehouse", deps=[messages], kinds={"duckdb"}, pool=WAREHOUSE_POOL
+    code_version=code_version("warehouse"),
+    partitions_def=source_partitions,
+    group_name="warehouse",
+    deps=[messages],
+    kinds={"duckdb"},
+    pool=WAREHOUSE_POOL,
 )
 def conversations(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
     """One row per conversation of a source: counts, participants, time span, method and split."""
