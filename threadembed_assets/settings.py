@@ -27,3 +27,17 @@ def warehouse_path() -> Path:
 def raw_dir(source: str) -> Path:
     """Parquet cache of one source's raw dataset."""
     return data_dir() / "raw" / source
+
+
+def exit_quietly(code: int) -> None:
+    """End a command-line process once its work is done, without the interpreter's teardown: DuckDB's nanobind
+    bindings report every type still referenced at teardown (the Dagster definitions keep its types in annotations)
+    as hundreds of "leaked" lines that hide the real output. Output is flushed and logging shut down first; a
+    real error has been printed, and the exit code kept, before this runs."""
+    import logging
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

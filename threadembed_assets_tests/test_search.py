@@ -236,6 +236,16 @@ def test_cli_prints_hits_and_json(workdir, capsys):
     assert code == 2 and "no warehouse" in capsys.readouterr().err
 
 
+def test_the_cli_keeps_its_exit_code_without_teardown_noise(workdir):
+    done = subprocess.run(
+        [sys.executable, "-m", "threadembed_assets.search", "xfce", "--source", "nowhere"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "no warehouse" in done.stderr
+    assert "leaked" not in done.stderr  # DuckDB's nanobind lines at interpreter teardown
+
+
 def write_import(workdir: Path, name: str, messages: list[dict]) -> None:
     (workdir / "data" / "imports" / name).write_text("".join(json.dumps(m) + "\n" for m in messages))
 

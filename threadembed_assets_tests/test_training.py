@@ -248,7 +248,7 @@ def _mrr_at_dims(model: SentenceTransformer, queries, corpus, gold, dims) -> dic
     return scores
 
 
-def test_matryoshka_training_keeps_retrieval_at_64_dimensions(tmp_path):
+def test_matryoshka_training_keeps_retrieval_at_64_dimensions(tmp_path, capsys):
     """The stage's loss (MNRL inside MatryoshkaLoss) makes the first 64 dimensions retrieve almost as well as all
     384, where the base model, and the same training without MatryoshkaLoss, lose much more when cut to 64.
 
@@ -276,6 +276,7 @@ def test_matryoshka_training_keeps_retrieval_at_64_dimensions(tmp_path):
         log=lambda message: None,
     )
     assert result.steps == 40
+    assert "'loss'" not in capsys.readouterr().out  # progress goes to the log, not as the trainer's raw dicts
     trained_model = SentenceTransformer(str(result.run_dir), device="cpu")
     assert matryoshka_dims(trained_model.get_embedding_dimension()) == [384, 256, 128, 64]
     trained = _mrr_at_dims(trained_model, queries, corpus, gold, [384, 64])

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from threadembed_assets import settings
 from threadembed_assets.search.index import ChatIndex, Hit
 
 
@@ -84,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    settings.exit_quietly(main())

@@ -17,7 +17,7 @@ from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer import losses
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from threadembed_assets.training.batching import ChatTrainer, batch_sampler
@@ -280,6 +280,8 @@ def train_stage(
     trainer = ChatTrainer(
         model=model, args=args, train_dataset=train_sets, loss=build_loss(model, recipe), callbacks=[progress]
     )
+    # Without progress bars the trainer prints every log as a raw dict; `StageProgress` logs progress instead.
+    trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     steps = trainer.state.global_step
     final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
