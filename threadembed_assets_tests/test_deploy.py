@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import dagster as dg
@@ -111,12 +111,15 @@ def running_daemon(workspace: Path):
             env=os.environ.copy(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its code server joins its process group, and goes with it
         )
         try:
             yield daemon
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
+            with suppress(ProcessLookupError):
+                os.killpg(daemon.pid, signal.SIGKILL)  # a code server the daemon left behind
 
 
 def test_postgres_instance_materializes_sample_and_the_daemon_ticks_a_schedule(

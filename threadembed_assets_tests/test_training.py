@@ -294,26 +294,35 @@ class FakeClock:
         return self.now
 
 
-def test_stage_throughput_counts_training_time_only(monkeypatch):
+def test_stage_throughput_counts_training_time_only(monkeypatch, tmp_path):
     clock = FakeClock()
     monkeypatch.setattr(train.time, "monotonic", clock)
-    progress = StageProgress(lambda message: None, batch_size=8, max_seconds=3600)
+    progress = StageProgress(lambda message: None, batch_size=8, max_seconds=3600, spent_before=100)
     state, control = type("State", (), {"global_step": 0, "max_steps": 3})(), type("Control", (), {})()
+    args = type("Args", (), {"output_dir": str(tmp_path)})()
+
+    def save():  # the trainer writes the checkpoint folder, then calls on_save
+        (tmp_path / f"checkpoint-{state.global_step}").mkdir(exist_ok=True)
+        progress.on_save(args, state, control)
+
     clock.now += 30  # loading the model and the dev evaluation before training
     for step in range(1, 4):
-        progress.on_step_begin(None, state, control)
+        progress.on_step_begin(args, state, control)
         clock.now += 2  # a training step
         state.global_step = step
-        progress.on_step_end(None, state, control)
+        progress.on_step_end(args, state, control)
         if step % 2 == 0:
             clock.now += 5  # a periodic checkpoint
-            progress.on_save(None, state, control)
+            save()
     clock.now += 5  # the checkpoint at the last step
-    progress.on_save(None, state, control)
-    progress.on_train_end(None, state, control)
+    save()
+    progress.on_train_end(args, state, control)
     clock.now += 40  # the dev evaluation after training and the final save
     assert progress.train_seconds() == pytest.approx(6)
     assert progress.pairs_per_second() == pytest.approx(3 * 8 / 6)
+    # Each checkpoint records the budget spent up to it, the resumed runs' included (100 s before this one).
+    recorded = json.loads((tmp_path / "checkpoint-3" / train.PROGRESS_FILE).read_text())
+    assert recorded == {"global_step": 3, "budget_spent_s": pytest.approx(100 + 16)}
 
 
 def test_exclude_platforms_keeps_a_platform_out_of_every_stage(workdir, warehouse_db):
