@@ -9,8 +9,18 @@ def switch_link(link: Path, target: Path, within: Path) -> Path:
     else an absolute one."""
     target = Path(target).resolve()
     inside = target.is_relative_to(Path(within).resolve())
-    staging = link.with_name(f".{link.name}-{os.getpid()}")
+    staging = _staging(link, str(os.getpid()))
     staging.unlink(missing_ok=True)
     staging.symlink_to(os.path.relpath(target, link.parent.resolve()) if inside else str(target), True)
     os.replace(staging, link)
     return link
+
+
+def clear_staging(link: Path) -> None:
+    """Remove the staging links that processes killed inside `switch_link` left beside `link`."""
+    for stale in link.parent.glob(_staging(link, "*").name):
+        stale.unlink(missing_ok=True)
+
+
+def _staging(link: Path, pid: str) -> Path:
+    return link.with_name(f".{link.name}-{pid}")

@@ -22,6 +22,7 @@ from threadembed_assets.sources.assets import build_raw_asset
 from threadembed_assets.sources.config import RawSourceConfig, SourceConfigError
 from threadembed_assets.sources.hub import HubUnavailableError
 from threadembed_assets.sources.irc import irc_disentangle_rows
+from threadembed_assets.sources.raw_cache import raw_cache_stats
 from threadembed_assets.sources.registry import SOURCES, UBUNTU_IRC_FILE, SourceSpec
 from threadembed_assets_tests.conftest import materialize_source, need_shared, query, raw_rows
 
@@ -440,9 +441,7 @@ print(calls)
 
 
 def _raw_cache_rows(dest: Path) -> int:
-    from threadembed_assets.sources.raw_cache import PART_GLOB
-
-    return sum(pq.ParquetFile(part).metadata.num_rows for part in dest.glob(PART_GLOB))
+    return raw_cache_stats(dest)["rows"]
 
 
 def test_a_raw_cache_load_killed_at_any_step_leaves_the_old_cache_or_the_new_one(tmp_path):

@@ -6,7 +6,6 @@ point, sees the old cache or the new one, never a mix or nothing. The previous v
 the link just before the switch still finds its files); older ones are removed after the switch.
 """
 
-import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from threadembed_assets import settings
+from threadembed_assets.links import clear_staging, switch_link
 from threadembed_assets.sources.schema import RAW_SCHEMA, ParquetPart, RawPiece
 
 PART_GLOB = "part-*.parquet"
@@ -70,13 +70,10 @@ def _switch(dest: Path, version: Path) -> None:
         # A cache of the layout before versions becomes the oldest version (a one-time, two-step move).
         first = version.with_name(f"{0:020d}")
         dest.rename(first)
-        os.symlink(os.path.relpath(first, dest.parent), dest)
+        switch_link(dest, first, within=dest.parent)
     keep = {version.resolve(), dest.resolve() if dest.is_symlink() else None}
-    for stale in dest.parent.glob(f".{dest.name}.link-*"):  # left by a process killed before its switch
-        stale.unlink(missing_ok=True)
-    link = dest.with_name(f".{dest.name}.link-{os.getpid()}")
-    os.symlink(os.path.relpath(version, dest.parent), link)
-    os.replace(link, dest)
+    clear_staging(dest)
+    switch_link(dest, version, within=dest.parent)
     for old in version.parent.iterdir():
         if old.resolve() not in keep and old.name < version.name:
             shutil.rmtree(old, ignore_errors=True)
