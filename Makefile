@@ -22,9 +22,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# TQDM_DISABLE: progress comes as one log line per stage and step interval, not as interleaved progress bars.
 run: install
 	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/python -m threadembed_assets.run --source $(SOURCE) --preset $(PRESET)
+	TQDM_DISABLE=1 $(BIN)/python -m threadembed_assets.run --source $(SOURCE) --preset $(PRESET)
 
 # The quality yardstick: every published model, the base model and the baselines on held-out IRC and Slack chat
 # (../shared beside the checkout; skipped, saying why, without it).

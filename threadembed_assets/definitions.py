@@ -10,7 +10,7 @@ from threadembed_assets.benchmark.assets import BENCHMARK_ASSETS
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.checks import build_pair_quality_check
 from threadembed_assets.search.assets import SEARCH_ASSETS
-from threadembed_assets.sources.assets import RAW_ASSETS
+from threadembed_assets.sources.assets import raw_messages
 from threadembed_assets.sources.automation import (
     chat_export_job,
     discord_refresh_job,
@@ -42,7 +42,7 @@ def build_resources() -> dict:
 
 
 ASSETS = [
-    *RAW_ASSETS,
+    raw_messages,
     messages,
     conversations,
     conversation_summaries,

@@ -8,7 +8,6 @@ import os
 import sys
 
 import dagster as dg
-import duckdb
 
 from threadembed_assets import settings
 from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
@@ -22,12 +21,13 @@ from threadembed_assets.training.presets import (
     ONNX_DEV_QUERIES,
     RANKER_QUERIES,
 )
+from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.schema import table_names
 
 
 def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Materialize `raw_<source>` and everything downstream of it for partition `source`, checks included."""
-    selection = dg.AssetSelection.assets(f"raw_{source}").downstream()
+    """Materialize `raw_messages` and everything downstream of it for partition `source`, checks included."""
+    selection = dg.AssetSelection.assets("raw_messages").downstream()
     return dg.materialize(
         [*ASSETS, *ASSET_CHECKS],
         selection=selection,
@@ -68,7 +68,7 @@ def onnx_tasks(meta: dict) -> list[str]:
 
 def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
     """A few lines on what the warehouse holds for `source` and how the run's checks came out."""
-    with duckdb.connect(str(settings.warehouse_path()), read_only=True) as con:
+    with connect(settings.warehouse_path(), read_only=True) as con:
         params = {"source": source}
         n_messages = con.execute("SELECT count(*) FROM messages WHERE source = $source", params).fetchone()[0]
         splits = con.execute(

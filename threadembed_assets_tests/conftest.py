@@ -99,20 +99,20 @@ def materialize_source(
     only: list[str] | None = None,
     also: list[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize raw_<source>, messages and conversations (and the summaries and pair tables with their checks)
+    """Materialize raw_messages, messages and conversations (and the summaries and pair tables with their checks)
     for partition `source` in one real run; `only` names the assets instead, `also` adds some."""
     from threadembed_assets.definitions import ASSET_CHECKS, ASSETS
     from threadembed_assets.pairs.assets import PAIR_ASSETS
     from threadembed_assets.summaries.client import LLMResource
 
-    names = only or [f"raw_{source}", "messages", "conversations"]
+    names = only or ["raw_messages", "messages", "conversations"]
     if with_pairs:
         names += ["conversation_summaries", *(asset.key.to_user_string() for asset in PAIR_ASSETS)]
     extra = extra_assets or []
     names += [asset.key.to_user_string() for asset in extra] + (also or [])
     ops = {}
-    if f"raw_{source}" in names:
-        ops[f"raw_{source}"] = {"config": raw_config or {}}
+    if "raw_messages" in names:
+        ops["raw_messages"] = {"config": raw_config or {}}
     if "messages" in names:
         ops["messages"] = {"config": load_config or {}}
     return dg.materialize(

@@ -18,13 +18,13 @@ def test_each_refresh_tick_samples_with_a_new_seed_and_never_trains():
     monday = dt.datetime(2026, 11, 23, 3, 0, tzinfo=dt.UTC)
     first, again, next_week = tick(monday), tick(monday), tick(monday + dt.timedelta(days=7))
     assert first.partition_key == "discord_unveiled"
-    seed = first.run_config["ops"]["raw_discord_unveiled"]["config"]["seed"]
-    assert seed == again.run_config["ops"]["raw_discord_unveiled"]["config"]["seed"]
-    assert seed != next_week.run_config["ops"]["raw_discord_unveiled"]["config"]["seed"]
+    seed = first.run_config["ops"]["raw_messages"]["config"]["seed"]
+    assert seed == again.run_config["ops"]["raw_messages"]["config"]["seed"]
+    assert seed != next_week.run_config["ops"]["raw_messages"]["config"]["seed"]
     assert first.tags["threadembed/sample_seed"] == str(seed) and first.run_key != next_week.run_key
     job = defs.resolve_job_def(discord_sample_refresh.job_name)
     selected = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
-    assert selected == {"raw_discord_unveiled", *DATA_LAYERS}
+    assert selected == {"raw_messages", *DATA_LAYERS}
     assert not selected & {"thread_model", "retrieval_model", "hard_negative_model"}
     assert discord_sample_refresh.cron_schedule == "0 3 * * 1"
 

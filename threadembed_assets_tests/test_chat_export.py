@@ -11,14 +11,15 @@ import pytest
 
 from threadembed_assets.sources.chat_export import EmptyImportsError, detect_format, read_imports
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
+from threadembed_assets.sources.config import SourceConfigError
 from threadembed_assets_tests.conftest import materialize_source, raw_rows
 
 LIMIT = 10 * 1024 * 1024
 
 
-def read(folder, max_archive_bytes: int = LIMIT) -> list[dict]:
+def read(folder, max_archive_bytes: int = LIMIT, **options) -> list[dict]:
     with tempfile.TemporaryDirectory() as cache:
-        return raw_rows(read_imports(folder, "chat_export", max_archive_bytes), Path(cache))
+        return raw_rows(read_imports(folder, "chat_export", max_archive_bytes, **options), Path(cache))
 
 
 def chat_line(i: int, conversation: str, text: str, **extra) -> str:
@@ -55,6 +56,42 @@ def test_gzipped_chat_jsonl_part_with_a_row_budget_clean_or_with_a_bad_line(tmp_
     assert [r["text"] for r in tolerant if r["error"] is None] == [f"hello {i}" for i in range(5)]
     assert [(r["seq"], r["error"].split(":")[0]) for r in tolerant if r["error"]] == [(3, "malformed_json")]
     assert len(rows_of(broken, max_rows=2)) == 2
+
+
+def test_platform_is_the_rows_own_or_a_whole_word_of_its_source_alike_on_both_paths(tmp_path):
+    cases = [  # (source, the row's own platform) -> platform
+        (("irc_ubuntu", None), "irc"),
+        (("ubuntu-irc", None), "irc"),
+        (("#irc", None), "irc"),
+        (("IRC.libera", None), "irc"),
+        (("circle", None), "chat"),
+        (("fabric", None), "chat"),
+        (("slackers", None), "chat"),
+        (("team-slack", None), "slack"),
+        (("my_discord", None), "discord"),
+        (("circle", "discord"), "discord"),
+        (("irc_ubuntu", "Slack"), "slack"),
+        (("irc_ubuntu", "teams"), "irc"),
+        (("irc_ubuntu", 5), "irc"),
+        ((None, None), "irc"),  # no source: the part's (`my-irc`) fills it and names the platform
+        (("", None), "chat"),
+    ]
+    lines = []
+    for i, ((source, platform), _) in enumerate(cases):
+        own = {} if platform is None else {"platform": platform}
+        lines.append(chat_line(i, "c1", f"hello {i}", source=source, **own))
+    clean, broken = tmp_path / "clean.jsonl", tmp_path / "broken.jsonl"
+    clean.write_text("\n".join(lines) + "\n")
+    broken.write_text("\n".join(['{"text": "cut', *lines]) + "\n")  # the bad line forces the tolerant reader
+
+    def platforms(path) -> list[tuple]:
+        with tempfile.TemporaryDirectory() as cache:
+            rows = raw_rows([chat_jsonl_part(path, "my-irc", None)], Path(cache))
+        return [(r["source"], r["platform"]) for r in rows if r["error"] is None]
+
+    expected = [("my-irc" if source is None else source, platform) for (source, _), platform in cases]
+    assert platforms(clean) == expected
+    assert platforms(broken) == expected
 
 
 def slack_day(messages: list[tuple[str, str, str]]) -> str:
@@ -201,6 +238,97 @@ def test_plain_irc_log(tmp_path):
     ]
     assert good[0]["timestamp"] == "2019-05-04T23:58:00" and good[1]["timestamp"] == "2019-05-05T00:01:00"
     assert [r["error"] for r in rows if r["error"]] == ["system_message"]
+
+
+@pytest.mark.parametrize("name", ["#ubuntu.2019-05-04.log", "znc_libera_#ubuntu_20190504.log"])
+def test_irc_log_day_from_a_date_in_the_file_name(tmp_path, name):
+    (tmp_path / name).write_text("[23:59] <ann> hi\n[00:01] <bob> hello\n")
+    assert [r["timestamp"] for r in read(tmp_path)] == ["2019-05-04T23:59:00", "2019-05-05T00:01:00"]
+
+
+IRC_CLIENT_MARKERS = {  # a log opening on 2019-05-04, the day changing to 05-05, a marker after a silent day
+    "irssi": (
+        "--- Log opened Sat May 04 23:50:00 2019",
+        "--- Day changed Sun May 05 2019",
+        "--- Day changed Wed May 08 2019",
+    ),
+    "mirc": (
+        "Session Start: Sat May 04 23:50:00 2019",
+        "Session Time: Sun May 05 00:00:00 2019",
+        "Session Time: Wed May 08 00:00:00 2019",
+    ),
+    "xchat": (
+        "**** BEGIN LOGGING AT Sat May  4 23:50:00 2019",
+        "**** BEGIN LOGGING AT Sun May  5 00:00:30 2019",
+        "**** BEGIN LOGGING AT Wed May  8 08:59:00 2019",
+    ),
+    "iso": ("*** Day changed to 2019-05-04", "*** Day changed to 2019-05-05", "*** Day changed to 2019-05-08"),
+}
+
+
+@pytest.mark.parametrize("client", IRC_CLIENT_MARKERS)
+def test_irc_log_day_from_the_logs_date_markers(tmp_path, client):
+    opened, changed, later = IRC_CLIENT_MARKERS[client]
+    lines = [
+        "[23:40] <early> said above the first marker",
+        opened,
+        "[23:58] <ann> grub is gone",
+        changed,
+        "[00:01] <bob> boot a live usb",
+        "[23:59] <ann> still here",
+        "[00:02] <bob> night",  # no marker: rolls over at midnight
+        later,  # two days on, which no rollover could tell
+        "[09:00] <ann> morning",
+    ]
+    (tmp_path / "#ubuntu.log").write_text("\n".join(lines) + "\n")
+    rows = read(tmp_path)
+    assert [r["timestamp"] for r in rows if r["error"] is None] == [
+        "2019-05-04T23:58:00",
+        "2019-05-05T00:01:00",
+        "2019-05-05T23:59:00",
+        "2019-05-06T00:02:00",
+        "2019-05-08T09:00:00",
+    ]
+    errors = [(r["seq"], r["error"].split(":")[0], r["text"]) for r in rows if r["error"]]
+    assert errors == [
+        (1, "no_date", lines[0]),
+        (2, "system_message", opened),
+        (4, "system_message", changed),
+        (8, "system_message", later),
+    ]
+
+
+def test_irc_log_without_a_date_is_quarantined_unless_run_config_gives_one(workdir, warehouse_db):
+    imports = workdir / "data" / "imports"
+    lines = ["[10:00] <ann> which kernel?", "[10:01] *** bob has joined #ubuntu", "[10:02] <bob> 6.8"]
+    (imports / "#ubuntu.log").write_text("\n".join(lines) + "\n")
+    assert [(r["error"], r["text"]) for r in read(imports)] == [
+        ("no_date: put YYYY-MM-DD in the file name or set irc_log_date", lines[0]),
+        ("system_message", lines[1]),
+        ("no_date: put YYYY-MM-DD in the file name or set irc_log_date", lines[2]),
+    ]
+    dated = read(imports, irc_log_date="2019-05-04")
+    assert [r["timestamp"] for r in dated if r["error"] is None] == ["2019-05-04T10:00:00", "2019-05-04T10:02:00"]
+    with pytest.raises(SourceConfigError, match="irc_log_date"):
+        read(imports, irc_log_date="May 4th")
+    # The run config field reaches the loader.
+    assert materialize_source("chat_export", warehouse_db, {"irc_log_date": "2019-05-04"}).success
+    with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        stamps = con.execute("SELECT strftime(ts, '%Y-%m-%d %H:%M') FROM messages ORDER BY ts").fetchall()
+    assert stamps == [("2019-05-04 10:00",), ("2019-05-04 10:02",)]
+
+
+def test_format_is_told_by_the_content_not_the_file_name(tmp_path):
+    (tmp_path / "circle.txt").write_text("[10:00] <ann> which kernel?\n[10:02] <bob> 6.8\n")
+    (tmp_path / "irc.txt").write_text("Notes from the irc meeting\n- move to matrix\n")
+    assert detect_format(tmp_path / "circle.txt") == "irc_log"
+    assert detect_format(tmp_path / "irc.txt") is None
+    rows = read(tmp_path, irc_log_date="2019-05-04")
+    assert [(r["origin"], r["platform"], r["error"]) for r in rows if r["error"] is None] == [
+        ("circle.txt", "irc", None),
+        ("circle.txt", "irc", None),
+    ]
+    assert [(r["origin"], r["error"].split(":")[0]) for r in rows if r["error"]] == [("irc.txt", "unknown_format")]
 
 
 def test_unknown_format_is_quarantined_with_a_reason(tmp_path):

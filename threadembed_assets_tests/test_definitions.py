@@ -4,8 +4,7 @@ import dagster as dg
 
 from threadembed_assets import versions
 from threadembed_assets.definitions import ASSETS, defs
-from threadembed_assets.sources.registry import SOURCES
-from threadembed_assets.warehouse.assets import source_partitions
+from threadembed_assets.sources.registry import SOURCES, source_partitions
 
 DESIGN_SOURCES = {
     "discord_dialogues",
@@ -27,12 +26,15 @@ def test_definitions_load_and_validate():
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"messages", "conversations"} <= keys
-    assert {f"raw_{source}" for source in DESIGN_SOURCES} <= keys
+    assert "raw_messages" in keys
 
 
 def test_registry_covers_every_source_of_the_design():
     assert set(SOURCES) == DESIGN_SOURCES
     assert set(source_partitions.get_partition_keys()) == DESIGN_SOURCES
+    graph = defs.resolve_asset_graph()
+    for key in ("raw_messages", "messages", "conversations"):
+        assert graph.get(dg.AssetKey(key)).partitions_def == source_partitions
     for spec in SOURCES.values():
         assert spec.priority in {"P0", "P1", "P2"}
         assert spec.platform and spec.upstream and spec.license
@@ -42,7 +44,7 @@ def test_asset_groups():
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["messages"] == groups["conversations"] == "warehouse"
-    assert all(groups[f"raw_{source}"] == "raw" for source in DESIGN_SOURCES)
+    assert groups["raw_messages"] == "raw" and {k for k, group in groups.items() if group == "raw"} == {"raw_messages"}
     assert groups["chat_ranker"] == groups["hard_negative_model"] == "training"
     upstream_of_ranker = {key.to_user_string() for key in graph.get(dg.AssetKey("chat_ranker")).parent_keys}
     assert "hard_negative_model" in upstream_of_ranker
@@ -64,3 +66,48 @@ def test_every_asset_carries_its_stage_code_version_which_follows_that_stage_cod
     build.write_text(build.read_text() + "\n# a change\n")
     after = {stage: versions.code_version.__wrapped__(stage) for stage in ("pairs", "warehouse")}
     assert after["pairs"] != before["pairs"] and after["warehouse"] == before["warehouse"]
+
+
+def definitions_outline(definitions: dg.Definitions) -> dict:
+    """What a reviewer should see change: each asset's group, partitions, pool and upstreams, each check's target and
+    blocking, each job's selection, each schedule and sensor. Code versions are left out: they follow every edit."""
+    graph = definitions.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        partitions = node.partitions_def and (
+            "sources" if node.partitions_def == source_partitions else node.partitions_def.get_partition_keys()
+        )
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "partitions": partitions,
+            "pool": sorted(node.pools or []),
+            "upstream": sorted(parent.to_user_string() for parent in node.parent_keys),
+            "kinds": sorted(node.kinds),
+        }
+    checks = {
+        f"{check.asset_key.to_user_string()}:{check.name}": {"blocking": check.blocking}
+        for check in sorted(graph.asset_check_keys, key=str)
+        for check in [graph.get_check_spec(check)]
+    }
+    jobs = {
+        job.name: sorted(
+            key.to_user_string() for key in definitions.resolve_job_def(job.name).asset_layer.selected_asset_keys
+        )
+        for job in definitions.jobs
+    }
+    schedules = {s.name: {"cron": s.cron_schedule, "job": s.job_name} for s in definitions.schedules}
+    sensors = {s.name: {"job": s.job_name, "interval_s": s.minimum_interval_seconds} for s in definitions.sensors}
+    return {
+        "sources": source_partitions.get_partition_keys(),
+        "assets": assets,
+        "checks": checks,
+        "jobs": jobs,
+        "schedules": schedules,
+        "sensors": sensors,
+    }
+
+
+def test_definitions_match_their_reviewed_snapshot(snapshot):
+    """An accidental change to the graph shows here; an intended one is accepted with `pytest --snapshot-update`."""
+    assert definitions_outline(defs) == snapshot

@@ -174,9 +174,9 @@ def test_two_concurrent_runs_queue_their_warehouse_writes_and_both_keep_their_ro
     the two runs' writes coincide unless the pool keeps them apart."""
     sources = ["sample", "ubuntu_irc"]
     # The sample's writes (30,000 messages) last longer than the gap between the two runs' starts.
-    ops_config = {"sample": {"raw_sample": {"config": {"n_messages": 30_000}}}, "ubuntu_irc": {}}
+    ops_config = {"sample": {"raw_messages": {"config": {"n_messages": 30_000}}}, "ubuntu_irc": {}}
     for source in sources:
-        steps = ",".join([f"raw_{source}", *WAREHOUSE_WRITERS])
+        steps = ",".join(["raw_messages", *WAREHOUSE_WRITERS])
         subprocess.run(
             [str(BIN / "dagster"), "job", "launch", "-w", str(deployment), "-j", "__ASSET_JOB", "-o", steps]
             + ["--tags", json.dumps({"dagster/partition": source})]

@@ -1,5 +1,6 @@
 """Every loader on small files written in its upstream schema."""
 
+import dataclasses
 import gzip
 import io
 import itertools
@@ -17,13 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from threadembed_assets.sources import assets as raw_assets
 from threadembed_assets.sources import registry
-from threadembed_assets.sources.assets import build_raw_asset
 from threadembed_assets.sources.config import RawSourceConfig, SourceConfigError
 from threadembed_assets.sources.hub import HubUnavailableError
 from threadembed_assets.sources.irc import irc_disentangle_rows
 from threadembed_assets.sources.raw_cache import raw_cache_stats
-from threadembed_assets.sources.registry import SOURCES, UBUNTU_IRC_FILE, SourceSpec
+from threadembed_assets.sources.registry import SOURCES, UBUNTU_IRC_FILE
 from threadembed_assets_tests.conftest import materialize_source, need_shared, query, raw_rows
 
 
@@ -59,30 +60,52 @@ def test_hub_sources_keep_a_default_row_budget_unless_told(tmp_path, monkeypatch
     assert len(load("ultrachat", path=str(tmp_path), max_rows=5)) == 5
 
 
-def test_a_loader_bug_keeps_its_traceback_and_a_configuration_error_is_a_message(workdir):
+def with_loader(monkeypatch, source: str, loader) -> dg.ExecuteInProcessResult:
+    """Materialize partition `source` of raw_messages with its loader replaced."""
+    monkeypatch.setitem(SOURCES, source, dataclasses.replace(SOURCES[source], loader=loader))
+    return dg.materialize([raw_assets.raw_messages], partition_key=source, raise_on_error=False)
+
+
+def step_failure(result: dg.ExecuteInProcessResult):
+    return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+
+
+def test_a_loader_bug_keeps_its_traceback_and_a_configuration_error_is_a_message(workdir, monkeypatch):
     def broken(spec, config):
         raise ValueError("a bug inside a loader")
 
     def misconfigured(spec, config):
         raise SourceConfigError("no files at /nowhere: set run config path")
 
-    def failure_of(loader):
-        spec = SourceSpec("probe", "irc", "nowhere", "none", "P2", "a probe", loader)
-        result = dg.materialize([build_raw_asset(spec)], raise_on_error=False)
-        return next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
-
-    bug = failure_of(broken)
+    bug = step_failure(with_loader(monkeypatch, "clojurians", broken))
     assert bug.cause is not None and bug.cause.cls_name == "ValueError" and bug.cause.stack  # the traceback stays
-    told = failure_of(misconfigured)
-    assert "raw_probe: no files at /nowhere" in told.message and told.cause is None
+    told = step_failure(with_loader(monkeypatch, "clojurians", misconfigured))
+    assert "raw_messages[clojurians]: no files at /nowhere" in told.message and told.cause is None
 
 
-def test_hub_streams_retry_and_local_sources_do_not():
-    from threadembed_assets.sources.assets import RAW_ASSETS
+def test_hub_streams_retry_with_backoff_and_local_sources_do_not(workdir, monkeypatch):
+    monkeypatch.setattr(raw_assets, "HUB_RETRY_DELAY_S", 0.0)
+    calls = []
 
-    policies = {a.key.to_user_string(): a.op.retry_policy for a in RAW_ASSETS}
-    assert policies["raw_discord_unveiled"] is not None and policies["raw_ultrachat"].max_retries == 3
-    assert policies["raw_sample"] is None and policies["raw_chat_export"] is None
+    def drops_once(spec, config):
+        calls.append(spec.key)
+        if calls.count(spec.key) == 1:
+            raise ConnectionError("the hub closed the stream")
+        return SOURCES["sample"].loader(spec, RawSourceConfig(n_messages=50))
+
+    assert with_loader(monkeypatch, "ultrachat", drops_once).success
+    assert calls == ["ultrachat", "ultrachat"]
+    failed = with_loader(monkeypatch, "chat_export", drops_once)
+    assert not failed.success and calls.count("chat_export") == 1
+    assert step_failure(failed).cause.cls_name == "ConnectionError"
+
+    def always_drops(spec, config):
+        calls.append(spec.key)
+        raise ConnectionError("the hub is down")
+
+    exhausted = with_loader(monkeypatch, "flyte_slack", always_drops)
+    assert calls.count("flyte_slack") == 1 + raw_assets.HUB_RETRIES
+    assert step_failure(exhausted).cause.cls_name == "ConnectionError"  # the last try's own error, not a retry request
 
 
 def test_irc_disentangle_conversations_from_connections(tmp_path):

@@ -10,10 +10,13 @@ import time
 
 import dagster as dg
 import duckdb
+import openai
 import pytest
+from dagster_duckdb import DuckDBResource
 
-from threadembed_assets.summaries.client import LLMCallFailed, LLMResource, backoff_seconds, call_with_retries
+from threadembed_assets.summaries.client import LLMCallFailed, LLMResource, backoff_seconds
 from threadembed_assets.summaries.extractive import extractive_summaries, opening_question
+from threadembed_assets.warehouse.connection import connect
 from threadembed_assets_tests.conftest import materialize_source, query
 from threadembed_assets_tests.fake_openai import FakeOpenAI
 
@@ -108,7 +111,9 @@ dg.materialize(
 """
 
 
-def test_a_killed_run_keeps_finished_summaries(sample_warehouse, workdir):
+def test_a_running_summary_leaves_the_warehouse_readable_and_a_killed_one_keeps_what_it_finished(
+    sample_warehouse, workdir
+):
     with FakeOpenAI(["ok"], delay_s=0.15) as server:
         child = subprocess.Popen(
             [sys.executable, "-c", _KILLABLE_RUN, str(sample_warehouse), server.base_url],
@@ -119,6 +124,10 @@ def test_a_killed_run_keeps_finished_summaries(sample_warehouse, workdir):
         deadline = time.monotonic() + 120
         while server.served_ok < 12 and time.monotonic() < deadline and child.poll() is None:
             time.sleep(0.05)
+        # Another process reads the warehouse between two answers: the run holds no connection while it waits.
+        with connect(DuckDBResource(database=str(sample_warehouse)), read_only=True, wait_seconds=60) as con:
+            assert con.execute("SELECT count(*) FROM summary_cache").fetchone()[0] >= 10
+        assert child.poll() is None and server.served_ok < 40, "the read had to wait for the run's end"
         child.send_signal(signal.SIGKILL)
         child.wait()
         served = server.served_ok
@@ -160,10 +169,9 @@ def test_extractive_summary_is_the_opening_question_and_distinctive_terms():
     )
 
 
-def test_backoff_honours_retry_after_and_grows_with_jitter():
+def test_backoff_grows_with_jitter():
     rng = random.Random(0)
-    assert backoff_seconds(1, 1.0, 60.0, retry_after=5.0, rng=rng) >= 5.0
-    waits = [backoff_seconds(n, 1.0, 8.0, None, rng) for n in range(1, 8)]
+    waits = [backoff_seconds(n, 1.0, 8.0, rng) for n in range(1, 8)]
     assert all(0 <= w <= min(8.0, 2 ** (n - 1)) for n, w in zip(range(1, 8), waits, strict=True))
 
 
@@ -175,23 +183,18 @@ def test_call_gives_up_after_max_attempts_with_the_kind():
     assert failed.value.kind == "server_error" and failed.value.attempts == 2 and "sk-x" not in str(failed.value)
 
 
-def test_the_resource_retries_through_call_with_retries_with_its_settings(monkeypatch):
-    from threadembed_assets.summaries import client
+def test_one_client_per_resource_retries_transport_failures_and_the_resource_retries_malformed_answers(monkeypatch):
+    made = []
+    real_client = openai.OpenAI
 
-    seen = []
+    def counted(**options):
+        made.append(options)
+        return real_client(**options)
 
-    def spy(call, **options):
-        seen.append(options)
-        return call_with_retries(call, **options)
-
-    monkeypatch.setattr(client, "call_with_retries", spy)  # the name LLMResource.complete looks up
-    with FakeOpenAI(["server_error"]) as server:  # a 500, then an answer
-        llm = LLMResource(
-            base_url=server.base_url, model="m", api_key="sk-x", max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02
-        )
-        done = llm.complete([{"role": "user", "content": "hello"}])
-    assert [step for _, _, step in server.requests] == ["500", "ok"]
-    assert done.attempts == 2 and done.text.startswith("Someone asks about")
-    assert len(seen) == 1
-    assert (seen[0]["max_attempts"], seen[0]["base_s"], seen[0]["max_s"]) == (3, 0.01, 0.02)
-    assert seen[0]["redact"]("rejected sk-x") == "rejected ***"
+    monkeypatch.setattr(openai, "OpenAI", counted)
+    with FakeOpenAI(["server_error", "malformed", "ok"]) as server:
+        llm = LLMResource(base_url=server.base_url, model="m", api_key="sk-x", max_attempts=3, backoff_base_s=0.01)
+        answers = [llm.complete([{"role": "user", "content": f"hello {n}"}]) for n in range(3)]
+    assert len(made) == 1 and made[0]["max_retries"] == 0  # retries are set per call, from what is left
+    assert [step for _, _, step in server.requests] == ["500", "ok", "malformed", "ok", "ok"]
+    assert [answer.attempts for answer in answers] == [2, 2, 1]

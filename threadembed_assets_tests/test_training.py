@@ -17,6 +17,7 @@ from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer
 
 from threadembed_assets import run
+from threadembed_assets.benchmark.tasks import TaskConfig, thread_task
 from threadembed_assets.pairs.build import PairConfig, build_pairs
 from threadembed_assets.sources.raw_cache import write_raw_cache
 from threadembed_assets.sources.sample import generate_sample
@@ -198,6 +199,7 @@ def test_dev_sets_hold_thread_and_next_message_queries(workdir, warehouse_db):
     assert materialize_source("sample", warehouse_db, {"n_messages": 1500}, with_pairs=True).success
     with duckdb.connect(str(warehouse_db), read_only=True) as con:
         sets = dev_retrieval_sets(con, 1000, 0)
+        benchmark_thread = thread_task(con, "sample", ["dev"], TaskConfig(max_queries=1000, seed=0))
         dev = con.execute("SELECT 'sample/' || conversation_id FROM conversations WHERE split = 'dev'").fetchall()
         next_rows = con.execute(
             "SELECT 'sample/' || json_extract_string(meta, '$.anchor_message_id'), 'sample/' || conversation_id, "
@@ -206,6 +208,12 @@ def test_dev_sets_hold_thread_and_next_message_queries(workdir, warehouse_db):
         ).fetchall()
     assert set(sets) == {"thread", "next_message"}
     assert set(sets["thread"][0]) <= {cid for (cid,) in dev}
+    # One builder: the dev evaluator's thread queries are the benchmark's thread task on the dev split.
+    thread_queries, thread_corpus, thread_relevant = sets["thread"]
+    by_conversation = zip(benchmark_thread.conversations, benchmark_thread.queries, strict=True)
+    assert thread_queries == {f"sample/{cid}": text for cid, text in by_conversation}
+    assert set(thread_corpus) == {f"sample/{doc_id}" for doc_id in benchmark_thread.doc_ids}
+    assert all(thread_relevant[query_id] == {query_id} for query_id in thread_queries)
     queries, corpus, relevant = sets["next_message"]
     rows = {query_id: row for query_id, *row in next_rows}
     assert len(queries) == len({cid for _, cid, *_ in next_rows}) > 0  # one query per conversation

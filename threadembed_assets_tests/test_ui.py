@@ -25,9 +25,9 @@ def dagster_ui(workdir, warehouse_db, monkeypatch):
     """`dagster dev` on a free port with this test's DAGSTER_HOME and data folders; stopped afterwards."""
     need_system(CHROMIUM.exists(), "Chromium (Debian package chromium)")
     monkeypatch.setenv("THREADEMBED_WAREHOUSE", str(warehouse_db))
-    with dg.DagsterInstance.get() as instance:  # raw_sample's cache, so that `messages` can be launched alone
+    with dg.DagsterInstance.get() as instance:  # the sample's raw cache, so that `messages` can be launched alone
         assert materialize_source(
-            "sample", warehouse_db, {"n_messages": 500}, only=["raw_sample"], instance=instance
+            "sample", warehouse_db, {"n_messages": 500}, only=["raw_messages"], instance=instance
         ).success
     port = free_port()
     root = Path(__file__).resolve().parents[1]
@@ -115,11 +115,12 @@ def test_asset_graph_shows_the_groups_and_a_partition_materializes_from_the_ui(d
         page.goto(f"{dagster_ui}/assets/messages", wait_until="networkidle")
         dismiss_welcome(page)
         page.get_by_role("button", name="Materialize…").first.click()
-        confirm = page.get_by_role("button", name="Confirm")  # the other sources' raw assets were never built
-        with contextlib.suppress(PlaywrightTimeout):
-            confirm.wait_for(state="visible", timeout=5_000)
-            confirm.click()
-        page.get_by_text("Select a partition or create one").first.click()
+        # The partition dialog opens at once: `messages` depends on its own partition of `raw_messages` only, so the
+        # UI does not ask to confirm launching without the other sources' raw data.
+        pick_partition = page.get_by_text("Select a partition or create one").first
+        expect(pick_partition).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("button", name="Confirm")).to_have_count(0)
+        pick_partition.click()
         sample_item = page.locator("label", has=page.locator("[title='sample']")).first
         sample_item.click()
         # After a pick the partition dropdown either closes by itself or stays open over the launch button: give it

@@ -161,7 +161,7 @@ def test_messages_without_raw_cache_fail_with_a_clear_message(workdir, warehouse
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "materialize raw_sample first" in failure.step_failure_data.error.message
+    assert "materialize raw_messages for partition sample first" in failure.step_failure_data.error.message
 
 
 def test_empty_imports_fail_the_raw_asset_with_a_clear_message(workdir, warehouse_db):
@@ -169,7 +169,8 @@ def test_empty_imports_fail_the_raw_asset_with_a_clear_message(workdir, warehous
 
     result = dg.materialize(
         [*ASSETS, *ASSET_CHECKS],
-        selection=dg.AssetSelection.assets("raw_chat_export"),
+        selection=dg.AssetSelection.assets("raw_messages"),
+        partition_key="chat_export",
         raise_on_error=False,
         resources=resources_for(warehouse_db),
     )
@@ -268,3 +269,100 @@ def test_connect_reads_in_a_process_that_writes_and_closes_on_errors(tmp_path):
         con.execute("SELECT * FROM missing")
     with pytest.raises(duckdb.ConnectionException, match="closed"):
         con.execute("SELECT 1")
+
+
+_STATE_SQL = "SELECT count(*), coalesce(sum(hash(COLUMNS(*))), 0) FROM {table} WHERE source = 'chat_export'"
+
+_KILLED_LOADS = r"""
+import contextlib, json, os, shutil, signal, sys
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from threadembed_assets.warehouse import assets as warehouse_assets
+
+warehouse, tries, state_sql = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+pristine = warehouse + ".pristine"
+shutil.copyfile(warehouse, pristine)
+real_connect = warehouse_assets.connect
+
+
+class DiesAtStatement:
+    # The warehouse connection of a `messages` step, SIGKILLed just before its k-th statement.
+
+    def __init__(self, con, k):
+        self.con, self.k, self.n = con, k, 0
+
+    def execute(self, *args, **kwargs):
+        self.n += 1
+        if self.n == self.k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.con.execute(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+
+for k in range(1, tries + 1):
+    shutil.copyfile(pristine, warehouse)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(warehouse + ".wal")
+    child = os.fork()
+    if child == 0:
+        @contextlib.contextmanager
+        def dying_connect(resource, **options):
+            with real_connect(resource, **options) as con:
+                yield DiesAtStatement(con, k)
+
+        warehouse_assets.connect = dying_connect
+        result = dg.materialize(
+            [warehouse_assets.messages], partition_key="chat_export",
+            resources={"warehouse": DuckDBResource(database=warehouse)},
+        )
+        os._exit(0 if result.success else 1)
+    _, status = os.waitpid(child, 0)
+    with duckdb.connect(warehouse, read_only=True) as con:
+        state = [list(con.execute(state_sql.format(table=t)).fetchone()) for t in ("messages", "quarantine")]
+    print(json.dumps({"k": k, "killed": os.WIFSIGNALED(status), "exit": os.waitstatus_to_exitcode(status),
+                      "state": state}), flush=True)
+"""
+
+
+def partition_state(warehouse: Path) -> list:
+    """A digest of partition `chat_export` in `messages` and `quarantine`: counts and a hash of every row."""
+    return [list(query(warehouse, _STATE_SQL.format(table=table))[0]) for table in ("messages", "quarantine")]
+
+
+def test_a_messages_step_killed_at_any_statement_leaves_the_partition_as_it_was(workdir, warehouse_db):
+    """A real `messages` materialization, SIGKILLed just before each of its statements in turn (each time on a copy
+    of the same warehouse): afterwards the partition holds all of its old rows, or (killed after the commit) all of
+    the new ones, never a mix. Both versions have messages and quarantined rows, so a mix would show in either."""
+    imports = workdir / "data" / "imports" / "team.jsonl"
+
+    def export(n_messages: int, n_bad: int) -> None:
+        write_jsonl(imports, [chat(i, f"message {i} of {n_messages}", f"c{i % 7}") for i in range(n_messages)])
+        with imports.open("a") as handle:
+            handle.writelines(f'{{"broken": {i}\n' for i in range(n_bad))
+
+    export(300, 3)
+    assert materialize_source("chat_export", warehouse_db).success
+    before = partition_state(warehouse_db)
+    export(500, 7)
+    assert materialize_source("chat_export", warehouse_db, only=["raw_messages"]).success
+    tries = 20
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_LOADS, str(warehouse_db), str(tries), _STATE_SQL],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(runs) == tries, done.stderr[-3000:]
+    assert runs[-1]["killed"] is False and runs[-1]["exit"] == 0, "a load makes fewer statements than there are tries"
+    after = runs[-1]["state"]
+    assert after[0][0] == 500 and after[1][0] == 7 and before[0][0] == 300 and before[1][0] == 3
+    killed = [run for run in runs if run["killed"]]
+    assert len(killed) >= 5
+
+    mixed = [run["k"] for run in runs if run["state"] not in (before, after)]
+    assert not mixed, f"killed before statement {mixed}: the partition mixes old and new rows"
+    assert {json.dumps(run["state"]) for run in killed} == {json.dumps(before), json.dumps(after)}

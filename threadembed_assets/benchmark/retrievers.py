@@ -3,7 +3,6 @@ corpus), dense over a document's windows, BM25, hybrid by reciprocal rank fusion
 and recency (time proximity in the channel alone)."""
 
 import hashlib
-import os
 from pathlib import Path
 
 import bm25s
@@ -11,6 +10,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from threadembed_assets import settings
 from threadembed_assets.benchmark.tasks import Task
 from threadembed_assets.chat.features import nearest_gaps as chat_nearest_gaps
 
@@ -30,7 +30,43 @@ def model_key(name_or_path: str) -> str:
     return f"{resolved}@{stamp}"
 
 
-class EmbeddingCache:
+def text_digest(text: str) -> str:
+    """The key a text's embedding is cached under (with the model's key)."""
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class CachedEncoder:
+    """The one path from texts to embeddings: cached vectors where known, the model for the rest, which are kept.
+
+    Subclasses say where vectors live (`lookup`, `store`)."""
+
+    hits = misses = 0
+
+    def lookup(self, key: str, digests: list[str]) -> dict[str, np.ndarray]:
+        """Known vectors of model `key` among `digests`."""
+        raise NotImplementedError
+
+    def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
+        """Keep freshly encoded vectors of model `key`."""
+        raise NotImplementedError
+
+    def encode(self, model, key: str, texts: list[str], batch_size: int) -> np.ndarray:
+        """Full-dimension embeddings of `texts` (rows in their order), encoding only those not cached for `key`."""
+        digests = [text_digest(text) for text in texts]
+        found = self.lookup(key, list(dict.fromkeys(digests)))
+        missing = {digest: text for digest, text in zip(digests, texts, strict=True) if digest not in found}
+        self.hits += len(digests) - sum(1 for digest in digests if digest in missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = model.encode(list(missing.values()), batch_size=batch_size, convert_to_numpy=True)
+            encoded = dict(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
+            self.store(key, encoded)
+            found.update(encoded)
+        dim = model.get_embedding_dimension()
+        return np.array([found[digest] for digest in digests], dtype=np.float32).reshape(len(texts), dim)
+
+
+class EmbeddingCache(CachedEncoder):
     """Embeddings per (model, text hash) in a DuckDB file, so that a re-run does not re-encode."""
 
     def __init__(self, path: Path):
@@ -40,32 +76,31 @@ class EmbeddingCache:
             "CREATE TABLE IF NOT EXISTS embeddings (model VARCHAR, text_hash VARCHAR, vector FLOAT[], "
             "PRIMARY KEY (model, text_hash))"
         )
-        self.hits = self.misses = 0
 
-    def encode(self, model, key: str, texts: list[str], batch_size: int) -> np.ndarray:
-        """Full-dimension embeddings of `texts`, encoding only those not cached for `key`."""
-        hashes = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
-        self.con.register("wanted", pa.table({"text_hash": list(dict.fromkeys(hashes))}))
-        found = dict(
-            self.con.execute(
+    def lookup(self, key: str, digests: list[str]) -> dict[str, np.ndarray]:
+        self.con.register("wanted", pa.table({"text_hash": digests}))
+        try:
+            rows = self.con.execute(
                 "SELECT e.text_hash, e.vector FROM embeddings e JOIN wanted w USING (text_hash) WHERE e.model = ?",
                 [key],
             ).fetchall()
+        finally:
+            self.con.unregister("wanted")
+        return {digest: np.asarray(vector, dtype=np.float32) for digest, vector in rows}
+
+    def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
+        table = pa.table(
+            {
+                "model": [key] * len(vectors),
+                "text_hash": list(vectors),
+                "vector": [vector.tolist() for vector in vectors.values()],
+            }
         )
-        self.con.unregister("wanted")
-        missing = {h: t for h, t in zip(hashes, texts, strict=True) if h not in found}
-        self.hits += len(hashes) - sum(1 for h in hashes if h in missing)
-        self.misses += len(missing)
-        if missing:
-            vectors = model.encode(list(missing.values()), batch_size=batch_size, convert_to_numpy=True)
-            table = pa.table(
-                {"model": [key] * len(missing), "text_hash": list(missing), "vector": [v.tolist() for v in vectors]}
-            )
-            self.con.register("fresh", table)
+        self.con.register("fresh", table)
+        try:
             self.con.execute("INSERT OR REPLACE INTO embeddings SELECT model, text_hash, vector FROM fresh")
+        finally:
             self.con.unregister("fresh")
-            found.update(zip(missing, vectors, strict=True))
-        return np.array([found[h] for h in hashes], dtype=np.float32)
 
     def close(self) -> None:
         self.con.close()
@@ -160,4 +195,4 @@ def encode_task(model, key: str, task: Task, cache: EmbeddingCache, batch_size: 
 
 def default_cache_path() -> Path:
     """`$THREADEMBED_DATA_DIR/cache/embeddings.duckdb`."""
-    return Path(os.environ.get("THREADEMBED_DATA_DIR", "data")) / "cache" / "embeddings.duckdb"
+    return settings.data_dir() / "cache" / "embeddings.duckdb"

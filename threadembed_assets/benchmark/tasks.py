@@ -8,6 +8,7 @@ retriever sees only what is known without the answer: a thread query's own messa
 conversation (text, times and order), and a response query is its prefix."""
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -136,26 +137,50 @@ class Line(NamedTuple):
     mentions: tuple[str, ...]  # authors of the channel that the message names
 
 
-def read_lines(con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> list[Line]:
-    """Every message of `source` (of every split), in channel order. Messages of one second are ordered by id,
-    shorter ids first, so numbered ids (IRC lines, Discord snowflakes) keep their order."""
+def read_lines(
+    con: duckdb.DuckDBPyConnection, source: str, platform: str | None, exclude_platforms: Sequence[str] = ()
+) -> list[Line]:
+    """Every message of `source` (of every split; of `platform` alone if given, of none of `exclude_platforms`), in
+    channel order. Messages of one second are ordered by id, shorter ids first, so numbered ids (IRC lines, Discord
+    snowflakes) keep their order."""
     rows = con.execute(
         f"""
         SELECT m.conversation_id, m.position, m.channel, epoch(m.ts), {RENDER_MESSAGE_SQL}, m.message_id, c.split,
             c.platform, coalesce(m.author, ''), CASE WHEN list_contains($native, c.platform) THEN m.reply_to END, m.text
         FROM messages m JOIN conversations c USING (source, conversation_id)
         WHERE m.source = $source AND ($platform IS NULL OR c.platform = $platform)
+            AND NOT list_contains($excluded, c.platform)
         ORDER BY m.channel, m.ts, length(m.message_id), m.message_id
         """,
-        {"source": source, "platform": platform, "native": sorted(NATIVE_REPLY_PLATFORMS)},
+        {
+            "source": source,
+            "platform": platform,
+            "excluded": list(exclude_platforms),
+            "native": sorted(NATIVE_REPLY_PLATFORMS),
+        },
     ).fetchall()
-    authors: dict[str | None, set[str]] = {}
-    for row in rows:
-        authors.setdefault(row[2], set()).add(normalize_name(row[8]))
+    authors_of_channel: dict[str | None, set[str]] = {}
+    for _, _, channel, *_, author, _, _ in rows:
+        authors_of_channel.setdefault(channel, set()).add(normalize_name(author))
     lines = []
-    for order, (*head, author, reply_to, text) in enumerate(rows):
-        mentions = tuple(mentioned_names(text, authors[head[2]], author))
-        lines.append(Line(*head, normalize_name(author), reply_to, order, mentions))
+    for order, row in enumerate(rows):
+        conversation_id, position, channel, ts, rendered, message_id, split, platform, author, reply_to, text = row
+        lines.append(
+            Line(
+                conversation_id=conversation_id,
+                position=position,
+                channel=channel,
+                ts=ts,
+                text=rendered,
+                message_id=message_id,
+                split=split,
+                platform=platform,
+                author=normalize_name(author),
+                reply_to=reply_to,
+                order=order,
+                mentions=tuple(mentioned_names(text, authors_of_channel[channel], author)),
+            )
+        )
     return lines
 
 
@@ -278,11 +303,17 @@ class ChatLines:
     conversations_of_channel: dict[str | None, dict[str, list[Line]]]  # each conversation in channel order
 
     @classmethod
-    def read(cls, con: duckdb.DuckDBPyConnection, source: str, platform: str | None) -> "ChatLines":
+    def read(
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        source: str,
+        platform: str | None,
+        exclude_platforms: Sequence[str] = (),
+    ) -> "ChatLines":
         by_conversation: dict[str, list[Line]] = {}
         by_channel: dict[str | None, list[Line]] = {}
         conversations_of_channel: dict[str | None, dict[str, list[Line]]] = {}
-        for line in read_lines(con, source, platform):
+        for line in read_lines(con, source, platform, exclude_platforms):
             by_conversation.setdefault(line.conversation_id, []).append(line)
             by_channel.setdefault(line.channel, []).append(line)
             conversations_of_channel.setdefault(line.channel, {}).setdefault(line.conversation_id, []).append(line)
@@ -315,8 +346,7 @@ def build_tasks(
 ) -> list[Task]:
     """The thread, response and summary tasks of one source, with queries from conversations of `query_splits`."""
     data = ChatLines.read(con, source, platform)
-    long = [cid for cid, lines in data.by_conversation.items() if len(lines) >= 3 and lines[0].split in query_splits]
-    picked = _pick(data, long, config.max_queries, config.seed)
+    picked = _query_conversations(data, query_splits, config)
     tasks = [
         _thread_task(data, picked, config, suffix),
         *_response_tasks(data, picked, config, suffix),
@@ -324,6 +354,25 @@ def build_tasks(
     if platform is None:
         tasks += _summary_tasks(con, data, query_splits, config, picked)
     return [task for task in tasks if task.queries]
+
+
+def _query_conversations(data: ChatLines, query_splits: list[str], config: TaskConfig) -> list[str]:
+    """The conversations (of 3+ messages, in `query_splits`) that give a source's queries."""
+    long = [cid for cid, lines in data.by_conversation.items() if len(lines) >= 3 and lines[0].split in query_splits]
+    return _pick(data, long, config.max_queries, config.seed)
+
+
+def thread_task(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    query_splits: list[str],
+    config: TaskConfig,
+    exclude_platforms: Sequence[str] = (),
+) -> Task:
+    """The thread task of one source (see `_thread_task`), without the conversations of `exclude_platforms`: the one
+    builder of thread retrieval sets, for the benchmark and for the training stages' dev evaluator."""
+    data = ChatLines.read(con, source, None, exclude_platforms)
+    return _thread_task(data, _query_conversations(data, query_splits, config), config, "")
 
 
 def _thread_task(data: ChatLines, picked: list[str], config: TaskConfig, suffix: str) -> Task:

@@ -7,9 +7,10 @@ from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.pairs.build import STRATEGIES, PairConfig, build_pairs
 from threadembed_assets.pairs.quality import pair_metrics
+from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.versions import code_version
-from threadembed_assets.warehouse.assets import conversations, messages, source_partitions
+from threadembed_assets.warehouse.assets import conversations, messages
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 
 _DESCRIPTIONS = {

@@ -21,10 +21,11 @@ from threadembed_assets.search.onnx import (
     export_onnx,
 )
 from threadembed_assets.search.store import save_index
+from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import load_model
 from threadembed_assets.versions import code_version
-from threadembed_assets.warehouse.assets import conversations, source_partitions
+from threadembed_assets.warehouse.assets import conversations
 from threadembed_assets.warehouse.connection import connect
 
 

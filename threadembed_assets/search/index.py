@@ -7,7 +7,6 @@ rank them with the published `chat_ranker` where it reads the index's model, els
 """
 
 import bisect
-import hashlib
 import logging
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,14 @@ import numpy as np
 from threadembed_assets import settings
 from threadembed_assets.benchmark.assets import ranker_model
 from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, model_features
-from threadembed_assets.benchmark.retrievers import bm25_scores, dense_scores, model_key, rrf_scores
+from threadembed_assets.benchmark.retrievers import (
+    CachedEncoder,
+    bm25_scores,
+    dense_scores,
+    model_key,
+    rrf_scores,
+    text_digest,
+)
 from threadembed_assets.benchmark.tasks import ChatLines, Corpus, Line, Queries, Task, near, task_kind
 from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
 from threadembed_assets.search.onnx import OnnxEncoder, exported_from
@@ -33,6 +39,7 @@ from threadembed_assets.sources.raw_cache import write_raw_cache
 from threadembed_assets.sources.schema import batched
 from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.training.train import load_model
+from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.conversations import build_conversations
 from threadembed_assets.warehouse.load import LoadOptions, load_messages
 from threadembed_assets.warehouse.render import render_message
@@ -73,9 +80,9 @@ class ThreadHits(list):
         self.confidence = confidence
 
 
-class VectorCache:
-    """Embeddings by text hash: the `EmbeddingCache` interface over an index's own rows (its conversations, read
-    from its float16 vectors) and, in memory, the texts encoded since (queries, windows, cut conversations)."""
+class VectorCache(CachedEncoder):
+    """Embeddings by text hash over an index's own rows (its conversations, read from its float16 vectors) and, in
+    memory, the texts encoded since (queries, windows, cut conversations)."""
 
     def __init__(self):
         self.vectors: dict[str, np.ndarray] = {}
@@ -84,30 +91,22 @@ class VectorCache:
 
     def attach(self, texts: list[str], matrix: np.ndarray) -> None:
         """Answer `texts` from the rows of `matrix` (same order) without encoding them again."""
-        self.rows = {_digest(text): row for row, text in enumerate(texts)}
+        self.rows = {text_digest(text): row for row, text in enumerate(texts)}
         self.matrix = matrix
 
-    def _known(self, digest: str) -> np.ndarray | None:
-        if (row := self.rows.get(digest)) is not None:
-            return np.asarray(self.matrix[row], dtype=np.float32)
-        return self.vectors.get(digest)
+    def lookup(self, key: str, digests: list[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for digest in digests:
+            if (row := self.rows.get(digest)) is not None:
+                found[digest] = np.asarray(self.matrix[row], dtype=np.float32)
+            elif (vector := self.vectors.get(digest)) is not None:
+                found[digest] = vector
+        return found
 
-    def encode(self, model, key: str, texts: list[str], batch_size: int) -> np.ndarray:
-        digests = [_digest(t) for t in texts]
-        found = {d: v for d in dict.fromkeys(digests) if (v := self._known(d)) is not None}
-        missing = {d: t for d, t in zip(digests, texts, strict=True) if d not in found}
-        if missing:
-            if len(self.vectors) + len(missing) > MAX_CACHED_TEXTS:
-                self.vectors.clear()
-            fresh = model.encode(list(missing.values()), batch_size=batch_size, convert_to_numpy=True)
-            self.vectors.update(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
-            found.update(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
-        dim = model.get_embedding_dimension()
-        return np.array([found[d] for d in digests], dtype=np.float32).reshape(len(texts), dim)
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
+    def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
+        if len(self.vectors) + len(vectors) > MAX_CACHED_TEXTS:
+            self.vectors.clear()
+        self.vectors.update(vectors)
 
 
 @dataclass
@@ -341,7 +340,7 @@ class ChatIndex:
         path = Path(warehouse or settings.warehouse_path())
         if not path.exists():
             raise FileNotFoundError(f"no warehouse at {path}: run `make run SOURCE={source}` (or materialize it) first")
-        with duckdb.connect(str(path), read_only=True) as con:
+        with connect(path, read_only=True) as con:
             lines = cls.read_lines(con, source)
         index = cls.from_lines(lines, model, ranker, models=models, use_stored=True, onnx=onnx)
         if not index.new_threshold:

@@ -23,13 +23,13 @@ DATA_LAYERS = [
 
 discord_refresh_job = dg.define_asset_job(
     "discord_sample_refresh_job",
-    selection=dg.AssetSelection.assets("raw_discord_unveiled", *DATA_LAYERS),
+    selection=dg.AssetSelection.assets("raw_messages", *DATA_LAYERS),
     description="Re-sample Discord Unveiled and rebuild its warehouse, pair and search index partitions (no training).",
 )
 
 chat_export_job = dg.define_asset_job(
     "chat_export_job",
-    selection=dg.AssetSelection.assets("raw_chat_export", *DATA_LAYERS),
+    selection=dg.AssetSelection.assets("raw_messages", *DATA_LAYERS),
     description="Load the imports folder and rebuild the chat_export warehouse, pairs and search index (no training).",
 )
 
@@ -55,7 +55,7 @@ def discord_sample_refresh(context: dg.ScheduleEvaluationContext) -> dg.RunReque
     return dg.RunRequest(
         run_key=f"discord-sample-{seed}",
         partition_key="discord_unveiled",
-        run_config={"ops": {"raw_discord_unveiled": {"config": {"seed": seed}}}},
+        run_config={"ops": {"raw_messages": {"config": {"seed": seed}}}},
         tags={"threadembed/sample_seed": str(seed)},
     )
 

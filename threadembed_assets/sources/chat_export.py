@@ -1,6 +1,7 @@
 """`chat_export`: the user's own files under the imports folder, format detected per file."""
 
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part, looks_like_chat_jsonl
@@ -58,10 +59,20 @@ def _import_units(folder: Path) -> list[Path]:
 
 
 def read_imports(
-    folder: Path, source: str, max_archive_bytes: int, global_conversation_ids: bool = False
+    folder: Path,
+    source: str,
+    max_archive_bytes: int,
+    global_conversation_ids: bool = False,
+    irc_log_date: str | None = None,
 ) -> Iterator[RawPiece]:
     """Raw pieces of every import under `folder`; an unknown file becomes one error row. Gold conversation ids of
-    chat JSONL files are namespaced by the file's path under `folder` unless `global_conversation_ids`."""
+    chat JSONL files are namespaced by the file's path under `folder` unless `global_conversation_ids`. An IRC log
+    with no date in its file name starts on `irc_log_date` (YYYY-MM-DD); without it, its undated lines are
+    quarantined."""
+    try:
+        irc_start_day = date.fromisoformat(irc_log_date) if irc_log_date else None
+    except ValueError:
+        raise SourceConfigError(f"irc_log_date {irc_log_date!r} is not a date: write it as YYYY-MM-DD.") from None
     if not folder.is_dir():
         raise EmptyImportsError(
             f"Imports folder {folder} does not exist. Create it (or set THREADEMBED_IMPORTS_DIR) and put chat "
@@ -85,7 +96,7 @@ def read_imports(
         elif kind == "discord_export":
             yield from batched(read_discord_export(unit, source))
         elif kind == "irc_log":
-            yield from batched(read_irc_log(unit, source))
+            yield from batched(read_irc_log(unit, source, irc_start_day))
         else:
             reason = f"unknown_format: not one of {', '.join(IMPORT_FORMATS)}"
             yield from batched([error_row(source, "unknown", unit.name, 0, reason, _head(unit, 500))])

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,15 +10,26 @@ import duckdb
 import pyarrow.parquet as pq
 
 from threadembed_assets.sources.hub import limited
-from threadembed_assets.sources.schema import CHAT_FIELDS, RAW_SCHEMA, ParquetPart, batched, error_row
+from threadembed_assets.sources.schema import CHAT_FIELDS, RAW_SCHEMA, ParquetPart, batched, error_row, parse_json
 
 # A 1 MB message must be read (then quarantined as oversize), so allow objects well beyond it.
 _MAX_OBJECT_BYTES = 64 * 1024 * 1024
 _PLATFORMS = ("irc", "slack", "discord")
-_PLATFORM_SQL = " ".join(f"WHEN lower(source) LIKE '%{name}%' THEN '{name}'" for name in _PLATFORMS)
+# A row's platform is its own `platform` field when that is one of _PLATFORMS, else the one its source names as a
+# whole word (`irc_ubuntu`, `ubuntu-irc`, `#irc`; not `circle`), ASCII case ignored. Each pattern is read alike by
+# Python's `re` and DuckDB's RE2, so the tolerant reader and the DuckDB copy give every row the same platform.
+_CLAIMED = {name: "".join(f"[{letter.upper()}{letter}]" for letter in name) for name in _PLATFORMS}
+_NAMED = {name: f"(^|[^A-Za-z0-9]){claimed}([^A-Za-z0-9]|$)" for name, claimed in _CLAIMED.items()}
+_CLAIMED_RE = {name: re.compile(pattern) for name, pattern in _CLAIMED.items()}
+_NAMED_RE = {name: re.compile(pattern) for name, pattern in _NAMED.items()}
+_PLATFORM_SQL = " ".join(
+    [f"WHEN regexp_full_match(platform, '{pattern}') THEN '{name}'" for name, pattern in _CLAIMED.items()]
+    + [f"WHEN regexp_matches(source, '{pattern}') THEN '{name}'" for name, pattern in _NAMED.items()]
+)
+_COLUMNS = {name: "VARCHAR" for name in [*CHAT_FIELDS, "platform"]}
 _COPY_SQL = f"""
 COPY (
-    SELECT coalesce(source, $source) AS source, channel, message_id,
+    SELECT source, channel, message_id,
         CASE WHEN $namespace IS NOT NULL AND conversation_id IS NOT NULL
              THEN $namespace || ':' || conversation_id ELSE conversation_id END AS conversation_id,
         reply_to, timestamp,
@@ -26,17 +38,26 @@ COPY (
         $origin AS origin,
         CAST(NULL AS BIGINT) AS seq,  -- the line number is the row's place in the part (see RAW_SCHEMA)
         CAST(NULL AS VARCHAR) AS error
-    FROM read_json($path, format = 'newline_delimited', columns = $columns,
-                   maximum_object_size = {_MAX_OBJECT_BYTES})
+    FROM (
+        SELECT * REPLACE (coalesce(source, $source) AS source)
+        FROM read_json($path, format = 'newline_delimited', columns = $columns,
+                       maximum_object_size = {_MAX_OBJECT_BYTES})
+    )
     LIMIT $max_rows
 ) TO '{{dest}}' (FORMAT parquet, COMPRESSION snappy)
 """
 
 
-def platform_of(source: str | None) -> str:
-    """The platform a chat JSONL `source` value names (`irc_ubuntu` -> `irc`), else `chat`."""
-    lowered = (source or "").lower()
-    return next((name for name in _PLATFORMS if name in lowered), "chat")
+def platform_of(source: object, claimed: object = None) -> str:
+    """The platform of a chat JSONL row: its own `claimed` platform when that is irc/slack/discord (any case), else
+    the one its `source` names as a whole word (`irc_ubuntu`, `#irc` -> `irc`; `circle` -> `chat`), else `chat`."""
+    for name, pattern in _CLAIMED_RE.items():
+        if claimed is not None and pattern.fullmatch(str(claimed)):
+            return name
+    for name, pattern in _NAMED_RE.items():
+        if source is not None and pattern.search(str(source)):
+            return name
+    return "chat"
 
 
 def chat_jsonl_part(
@@ -57,7 +78,7 @@ def chat_jsonl_part(
             "source": source,
             "platform": platform,
             "origin": path.name,
-            "columns": {name: "VARCHAR" for name in CHAT_FIELDS},
+            "columns": _COLUMNS,
             "max_rows": max_rows,
             "namespace": namespace,
         }
@@ -84,7 +105,7 @@ def _read_tolerant(path: Path, source: str, platform: str | None, namespace: str
                 yield error_row(source, platform or "chat", path.name, seq, f"invalid_utf8: {exc.reason}", text)
                 continue
             try:
-                record = json.loads(line)
+                record = parse_json(line)
             except json.JSONDecodeError as exc:
                 yield error_row(source, platform or "chat", path.name, seq, f"malformed_json: {exc.msg}", line)
                 continue
@@ -92,17 +113,20 @@ def _read_tolerant(path: Path, source: str, platform: str | None, namespace: str
                 yield error_row(source, platform or "chat", path.name, seq, "malformed_json: not an object", line)
                 continue
             row = {name: record.get(name) for name in CHAT_FIELDS}
-            row["source"] = row["source"] or source
+            if row["source"] is None:  # as `coalesce` in _COPY_SQL: an empty source stays empty
+                row["source"] = source
             if namespace is not None and row["conversation_id"] is not None:
                 row["conversation_id"] = f"{namespace}:{row['conversation_id']}"
-            row.update(platform=platform or platform_of(row["source"]), origin=path.name, seq=seq)
+            row.update(
+                platform=platform or platform_of(row["source"], record.get("platform")), origin=path.name, seq=seq
+            )
             yield row
 
 
 def looks_like_chat_jsonl(first_line: str) -> bool:
     """True when a file's first line is a JSON object with the chat JSONL `text` field."""
     try:
-        record = json.loads(first_line)
+        record = parse_json(first_line)
     except json.JSONDecodeError:
         return False
     return isinstance(record, dict) and "text" in record and "message_id" in record

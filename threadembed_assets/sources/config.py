@@ -33,6 +33,11 @@ class RawSourceConfig(dg.Config):
         default=False,
         description="chat_export: conversation ids are unique across files (else each file's are its own).",
     )
+    irc_log_date: str | None = Field(
+        default=None,
+        description="chat_export: day (YYYY-MM-DD) an IRC log starts on when its file name holds no date; its "
+        "date markers still set the day. Unset: such a log's lines before any marker are quarantined as no_date.",
+    )
     max_archive_bytes: int = Field(
         default=2 * 1024**3, description="chat_export: refuse a zip that expands past this many bytes."
     )

@@ -11,7 +11,7 @@ from typing import IO
 import zstandard
 
 from threadembed_assets.sources.hub import ensure_hub_reachable
-from threadembed_assets.sources.schema import error_row
+from threadembed_assets.sources.schema import as_object, error_row, parse_json
 
 _CONVERSATION_TYPES = {"Default", "Reply"}
 _THREAD_CHANNEL_TYPES = {"GuildPublicThread", "GuildPrivateThread", "GuildNewsThread"}
@@ -26,20 +26,33 @@ def is_discord_export(head: str) -> bool:
 def read_discord_export(path: Path, source: str) -> Iterator[dict]:
     """Rows of one DiscordChatExporter JSON export; a thread channel is one gold conversation."""
     try:
-        export = json.loads(path.read_bytes().decode("utf-8"))
+        export = parse_json(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         yield error_row(source, "discord", path.name, 0, f"malformed_json: {exc}")
         return
-    channel_info = export.get("channel") or {}
+    if not isinstance(export, dict):
+        yield error_row(source, "discord", path.name, 0, "malformed_export: not a JSON object")
+        return
+    channel_info = as_object(export.get("channel"))
     channel = channel_info.get("name") or channel_info.get("id") or path.stem
-    thread_id = channel_info.get("id") if channel_info.get("type") in _THREAD_CHANNEL_TYPES else None
-    for seq, msg in enumerate(export.get("messages") or [], start=1):
-        kind = msg.get("type", "Default")
-        if kind not in _CONVERSATION_TYPES:
-            yield error_row(source, "discord", path.name, seq, f"system_message: {kind}", msg.get("content") or "")
+    is_thread = isinstance(channel_info.get("type"), str) and channel_info["type"] in _THREAD_CHANNEL_TYPES
+    thread_id = channel_info.get("id") if is_thread else None
+    messages = export.get("messages")
+    if messages is None:
+        messages = []
+    if not isinstance(messages, list):
+        yield error_row(source, "discord", path.name, 0, "malformed_export: messages is not a list")
+        return
+    for seq, msg in enumerate(messages, start=1):
+        if not isinstance(msg, dict):
+            yield error_row(source, "discord", path.name, seq, "malformed_export: message is not an object")
             continue
-        author = msg.get("author") or {}
-        reference = msg.get("reference") or {}
+        kind = msg.get("type", "Default")
+        if not (isinstance(kind, str) and kind in _CONVERSATION_TYPES):
+            yield error_row(source, "discord", path.name, seq, f"system_message: {kind}", msg.get("content"))
+            continue
+        author = as_object(msg.get("author"))
+        reference = as_object(msg.get("reference"))
         yield {
             "source": source,
             "platform": "discord",

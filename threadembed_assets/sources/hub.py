@@ -20,8 +20,8 @@ def hub_unavailable_message(source: str, upstream: str, reason: str) -> str:
     """What to do when a hub source cannot load: name it and say how to use local files."""
     return (
         f"Source '{source}' loads {upstream} from the Hugging Face hub, which is unavailable ({reason}). "
-        f"Download it where the hub is reachable and point raw_{source} at the files in the upstream schema: "
-        f"run config `ops: raw_{source}: config: path: /path/to/files` (a file or a folder of "
+        f"Download it where the hub is reachable and point partition {source} of raw_messages at the files in the "
+        f"upstream schema: run config `ops: raw_messages: config: path: /path/to/files` (a file or a folder of "
         f"{'/'.join(sorted(set(_LOCAL_BUILDERS)))} files)."
     )
 

@@ -10,7 +10,17 @@ from threadembed_assets.sources.schema import error_row
 
 IRC_LINE = re.compile(r"^\[(\d{1,2}):(\d{2})(?::(\d{2}))?\]\s+(?:<[@+%~&]?([^>\s]+)>|\*\s+(\S+))\s?(.*)$")
 _SYSTEM_LINE = re.compile(r"^\[\d{1,2}:\d{2}(?::\d{2})?\]\s+(?:\*\*\*|-->|<--|--|-!-)")
-_DATE_IN_NAME = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})(-?)(\d{2})\2(\d{2})(?!\d)")  # YYYY-MM-DD or YYYYMMDD
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# A client's line stating the date, in C `ctime` style: irssi (`--- Day changed Sat May 04 2019`, `--- Log opened
+# Sat May 04 12:00:00 2019`), mIRC (`Session Start: ...`, `Session Time: ...`), XChat/HexChat (`**** BEGIN LOGGING
+# AT Sat May  4 12:00:00 2019`); or ISO: `*** Day changed to 2019-05-04`.
+_CTIME_MARKER = re.compile(
+    r"^(?:--- (?:Day changed|Log opened|Log closed)|Session (?:Start|Time|Close):|\*\*\*\* (?:BEGIN|ENDING) LOGGING AT)"
+    rf"\s+[A-Z][a-z]{{2}}\s+({'|'.join(_MONTHS)})\s+(\d{{1,2}})(?:\s+\d{{1,2}}:\d{{2}}:\d{{2}})?\s+(\d{{4}})\s*$"
+)
+_ISO_MARKER = re.compile(r"^(?:\*\*\*|---|-!-)\s+Day changed(?: to)?\s+(\d{4})-(\d{2})-(\d{2})\s*$")
+_NO_DATE = "no_date: put YYYY-MM-DD in the file name or set irc_log_date"
 
 
 def is_irc_log(head: str) -> bool:
@@ -18,10 +28,15 @@ def is_irc_log(head: str) -> bool:
     return any(IRC_LINE.match(line) for line in head.splitlines()[:20])
 
 
-def read_irc_log(path: Path, source: str) -> Iterator[dict]:
-    """Rows of an IRC log; the day comes from a `YYYY-MM-DD` in the file name and rolls over at midnight."""
-    found = _DATE_IN_NAME.search(path.name)
-    day = date(*map(int, found.groups())) if found else date(1970, 1, 1)
+def read_irc_log(path: Path, source: str, start_day: date | None = None) -> Iterator[dict]:
+    """Rows of an IRC log, each line dated by the log's own markers, else its file name, else `start_day`.
+
+    The day starts as the date in the file name (`YYYY-MM-DD` or `YYYYMMDD`), else `start_day`; a date marker line
+    (irssi, mIRC, XChat, `*** Day changed to YYYY-MM-DD`) sets it from there on, and between markers it rolls over
+    at midnight. Markers are quarantined as `system_message`. Without a day, chat lines are quarantined as `no_date`:
+    those of a log that states no date, and those above its first marker, which may be from any earlier day.
+    """
+    day = _date_in_name(path.name) or start_day
     channel = path.stem
     previous = None
     with path.open("rb") as handle:
@@ -34,15 +49,27 @@ def read_irc_log(path: Path, source: str) -> Iterator[dict]:
                 continue
             if not line.strip():
                 continue
+            if marked_day := _marker_day(line):
+                day, previous = marked_day, None
+                yield error_row(source, "irc", path.name, seq, "system_message", line)
+                continue
             match = IRC_LINE.match(line)
             if not match:
                 reason = "system_message" if _SYSTEM_LINE.match(line) else "unparsed_line"
                 yield error_row(source, "irc", path.name, seq, reason, line)
                 continue
+            if day is None:
+                yield error_row(source, "irc", path.name, seq, _NO_DATE, line)
+                continue
             hour, minute, second, nick, action_nick, text = match.groups()
             clock = timedelta(hours=int(hour), minutes=int(minute), seconds=int(second or 0))
-            if previous is not None and clock < previous - timedelta(hours=1):
-                day += timedelta(days=1)
+            try:
+                if previous is not None and clock < previous - timedelta(hours=1):
+                    day += timedelta(days=1)
+                timestamp = (datetime.combine(day, datetime.min.time()) + clock).isoformat()
+            except OverflowError:  # a marker dated 9999-12-31, then midnight or a clock past it
+                yield error_row(source, "irc", path.name, seq, "unparseable_timestamp: after 9999-12-31", line)
+                continue
             previous = clock
             yield {
                 "source": source,
@@ -51,12 +78,35 @@ def read_irc_log(path: Path, source: str) -> Iterator[dict]:
                 "message_id": f"{channel}:{seq}",
                 "conversation_id": None,
                 "reply_to": None,
-                "timestamp": (datetime.combine(day, datetime.min.time()) + clock).isoformat(),
+                "timestamp": timestamp,
                 "author": nick or action_nick,
                 "text": text if nick else f"/me {text}",
                 "origin": path.name,
                 "seq": seq,
             }
+
+
+def _real_date(year: int, month: int, day: int) -> date | None:
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _date_in_name(name: str) -> date | None:
+    """The first real date a file name holds as `YYYY-MM-DD` or `YYYYMMDD`."""
+    found = (_real_date(int(year), int(month), int(day)) for year, _, month, day in _DATE_IN_NAME.findall(name))
+    return next((day for day in found if day), None)
+
+
+def _marker_day(line: str) -> date | None:
+    """The day a client's date marker line states; None for any other line (or a marker naming no real day)."""
+    if found := _CTIME_MARKER.match(line):
+        month, day, year = found.groups()
+        return _real_date(int(year), _MONTHS.index(month) + 1, int(day))
+    if found := _ISO_MARKER.match(line):
+        return _real_date(*map(int, found.groups()))
+    return None
 
 
 def irc_disentangle_rows(records: Iterable[dict], source: str, origin: str) -> Iterator[dict]:

@@ -4,6 +4,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
+
 from threadembed_assets import settings
 from threadembed_assets.sources.chat_export import read_imports
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
@@ -80,7 +82,7 @@ def _required_path(spec: SourceSpec, config: RawSourceConfig) -> Path:
     if not path.exists():
         raise SourceConfigError(
             f"Source '{spec.key}' reads local files ({spec.upstream}); none at {path}. Put them there or set "
-            f"run config `ops: raw_{spec.key}: config: path: /path/to/folder`."
+            f"run config `ops: raw_messages: config: path: /path/to/folder` on partition {spec.key}."
         )
     return path
 
@@ -107,7 +109,7 @@ def _load_discord_unveiled(spec: SourceSpec, config: RawSourceConfig) -> Iterato
 
 def _load_chat_export(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
     folder = Path(config.path) if config.path else settings.imports_dir()
-    return read_imports(folder, spec.key, config.max_archive_bytes, config.global_conversation_ids)
+    return read_imports(folder, spec.key, config.max_archive_bytes, config.global_conversation_ids, config.irc_log_date)
 
 
 def _load_ubuntu_irc(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
@@ -249,3 +251,6 @@ SOURCES: dict[str, SourceSpec] = {
         ),
     ]
 }
+
+source_partitions = dg.StaticPartitionsDefinition(list(SOURCES))
+"""One partition per source, shared by the raw asset and every per-source asset downstream of it."""

@@ -1,5 +1,6 @@
 """The raw message schema every loader produces: chat JSONL fields plus provenance and a parse error."""
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,29 @@ BATCH_ROWS = 50_000
 
 
 def raw_batch(rows: list[dict]) -> pa.RecordBatch:
-    """Build a RAW_SCHEMA batch from dicts (missing keys become null, values become strings)."""
+    """Build a RAW_SCHEMA batch from dicts (missing keys become null, values become strings).
+
+    A string that UTF-8 cannot hold (a lone surrogate, as a `"\\ud800"` JSON escape gives) is written escaped and
+    its row marked as an error, so that it is quarantined instead of failing the batch.
+    """
+    try:
+        return _batch(rows)
+    except UnicodeEncodeError:
+        return _batch([_with_lone_surrogates_escaped(row) for row in rows])
+
+
+def _with_lone_surrogates_escaped(row: dict) -> dict:
+    escaped = {
+        name: value.encode("utf-8", "backslashreplace").decode() if isinstance(value, str) else value
+        for name, value in row.items()
+    }
+    bad = [name for name in row if escaped[name] != row[name]]
+    if bad:
+        escaped["error"] = row.get("error") or f"invalid_utf8: lone surrogate in {', '.join(bad)}"
+    return escaped
+
+
+def _batch(rows: list[dict]) -> pa.RecordBatch:
     columns = {}
     for field in RAW_SCHEMA:
         values = [row.get(field.name) for row in rows]
@@ -55,7 +78,7 @@ def batched(rows: Iterable[dict], size: int = BATCH_ROWS) -> Iterator[pa.RecordB
         yield raw_batch(chunk)
 
 
-def error_row(source: str, platform: str, origin: str, seq: int, error: str, raw: str = "") -> dict:
+def error_row(source: str, platform: str, origin: str, seq: int, error: str, raw: object = "") -> dict:
     """A row that could not be read: kept with its reason so the warehouse can quarantine it."""
     return {
         "source": source,
@@ -63,8 +86,21 @@ def error_row(source: str, platform: str, origin: str, seq: int, error: str, raw
         "origin": origin,
         "seq": seq,
         "error": error,
-        "text": raw[:2000] if raw else None,
+        "text": None if raw is None or raw == "" else str(raw)[:2000],
     }
+
+
+def parse_json(data: str | bytes) -> object:
+    """`json.loads`, with nesting too deep for Python's parser raised as a `JSONDecodeError` like malformed JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
+
+
+def as_object(value: object) -> dict:
+    """`value` when it is a JSON object, else an empty one: a field of the wrong type reads as missing."""
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)

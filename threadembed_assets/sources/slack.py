@@ -1,6 +1,7 @@
 """Slack: workspace exports (folder or zip of channel/day JSON) and the disentangled Slack XML corpus."""
 
 import json
+import lzma
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from xml.etree import ElementTree
 
-from threadembed_assets.sources.schema import error_row
+from threadembed_assets.sources.schema import as_object, error_row, parse_json
 
 # Message subtypes that carry no conversation (joins, topic changes, ...); they are quarantined, not mixed in.
 _SYSTEM_SUBTYPES = {
@@ -28,6 +29,18 @@ _SYSTEM_SUBTYPES = {
     "reminder_add",
     "tombstone",
 }
+# What a damaged zip raises besides BadZipFile: an unsupported method, an encrypted entry, a corrupt stream,
+# a bad offset, a name that is not the UTF-8 its flag claims.
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    UnicodeDecodeError,
+)
 
 
 def slack_ts_to_iso(ts: str | float | None) -> str | None:
@@ -50,15 +63,14 @@ def slack_messages(messages: list, channel: str, users: dict[str, str], source: 
             yield error_row(source, "slack", origin, seq, "malformed_export: message is not an object")
             continue
         subtype = msg.get("subtype")
-        if subtype in _SYSTEM_SUBTYPES:
+        if isinstance(subtype, str) and subtype in _SYSTEM_SUBTYPES:
             yield error_row(source, "slack", origin, seq, f"system_message: {subtype}", msg.get("text") or "")
             continue
         ts, thread_ts = msg.get("ts"), msg.get("thread_ts")
-        profile = msg.get("user_profile") or {}
+        profile = as_object(msg.get("user_profile"))
         user = msg.get("user") or msg.get("bot_id") or msg.get("username")
-        author = (
-            profile.get("display_name") or profile.get("real_name") or users.get(user) or msg.get("username") or user
-        )
+        known = users.get(user) if isinstance(user, str) else None
+        author = profile.get("display_name") or profile.get("real_name") or known or msg.get("username") or user
         yield {
             "source": source,
             "platform": "slack",
@@ -78,15 +90,15 @@ def _users_map(users: object) -> dict[str, str]:
     if not isinstance(users, list):
         return {}
     return {
-        u["id"]: (u.get("profile") or {}).get("display_name") or u.get("real_name") or u.get("name") or u["id"]
+        u["id"]: as_object(u.get("profile")).get("display_name") or u.get("real_name") or u.get("name") or u["id"]
         for u in users
-        if isinstance(u, dict) and "id" in u
+        if isinstance(u, dict) and isinstance(u.get("id"), str)
     }
 
 
 def _parse_json(data: bytes, source: str, origin: str) -> tuple[object, dict | None]:
     try:
-        return json.loads(data.decode("utf-8")), None
+        return parse_json(data.decode("utf-8")), None
     except UnicodeDecodeError as exc:
         return None, error_row(source, "slack", origin, 0, f"invalid_utf8: {exc.reason}")
     except json.JSONDecodeError as exc:
@@ -102,9 +114,14 @@ def is_slack_export_dir(folder: Path) -> bool:
 
 def read_slack_export_dir(folder: Path, source: str) -> Iterator[dict]:
     """Rows of a Slack workspace export folder: `<channel>/<YYYY-MM-DD>.json` files."""
+    users: dict[str, str] = {}
     users_file = folder / "users.json"
-    users = _users_map(json.loads(users_file.read_text())) if users_file.exists() else {}
-    for day_file in sorted(folder.glob("*/*.json")):
+    if users_file.is_file():
+        parsed, error = _parse_json(users_file.read_bytes(), source, f"{folder.name}/users.json")
+        if error:
+            yield error
+        users = _users_map(parsed)
+    for day_file in sorted(p for p in folder.glob("*/*.json") if p.is_file()):
         origin = f"{folder.name}/{day_file.parent.name}/{day_file.name}"
         messages, error = _parse_json(day_file.read_bytes(), source, origin)
         if error:
@@ -126,7 +143,7 @@ def read_slack_export_zip(archive: Path, source: str, max_bytes: int) -> Iterato
     """
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
+    except _ARCHIVE_ERRORS as exc:
         yield error_row(source, "slack", archive.name, 0, f"malformed_archive: {exc}")
         return
     with zf:
@@ -152,7 +169,7 @@ def read_slack_export_zip(archive: Path, source: str, max_bytes: int) -> Iterato
             try:
                 with zf.open(member) as handle:
                     data = handle.read(budget + 1)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            except _ARCHIVE_ERRORS as exc:
                 yield error_row(source, "slack", origin, seq, f"malformed_archive: {exc}")
                 continue
             budget -= len(data)
@@ -161,9 +178,11 @@ def read_slack_export_zip(archive: Path, source: str, max_bytes: int) -> Iterato
                     source, "slack", archive.name, seq, f"archive_too_large: expands past limit {max_bytes}"
                 )
                 return
-            parts = PurePosixPath(member.filename).parts
-            if parts[-1] == "users.json":
-                parsed, _ = _parse_json(data, source, origin)
+            parts = PurePosixPath(member.filename).parts  # none for a name such as `.`
+            if parts and parts[-1] == "users.json":
+                parsed, error = _parse_json(data, source, origin)
+                if error:
+                    yield error
                 users = _users_map(parsed)
             elif len(parts) >= 2 and parts[-1].endswith(".json") and parts[-1] not in {"channels.json"}:
                 days.append((origin, parts[-2], data))
@@ -180,7 +199,7 @@ def is_slack_export_zip(archive: Path) -> bool:
     try:
         with zipfile.ZipFile(archive) as zf:
             names = zf.namelist()
-    except zipfile.BadZipFile:
+    except _ARCHIVE_ERRORS:
         return False
     return any(n.endswith("channels.json") or n.count("/") >= 1 and n.endswith(".json") for n in names)
 

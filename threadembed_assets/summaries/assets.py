@@ -3,6 +3,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.summaries.client import LLMResource
 from threadembed_assets.summaries.extractive import EXTRACTIVE_MODEL, EXTRACTIVE_VERSION
 from threadembed_assets.summaries.prompt import PROMPT_VERSION
@@ -17,7 +18,7 @@ from threadembed_assets.summaries.summarize import (
     write_summaries,
 )
 from threadembed_assets.versions import code_version
-from threadembed_assets.warehouse.assets import conversations, messages, source_partitions
+from threadembed_assets.warehouse.assets import conversations, messages
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 
 
@@ -53,14 +54,14 @@ def conversation_summaries(
     with connect(warehouse) as con:
         ensure_summary_tables(con)
         picked = select_conversations(con, source, config)
-        if llm.configured:
-            summarizer, model, version = "llm", llm.model, PROMPT_VERSION
-            stats = summarize_with_llm(con, source, picked, llm, log=context.log.info)
-            summaries = cached_summaries(con, model)
-        else:
-            summarizer, model, version = "extractive", EXTRACTIVE_MODEL, EXTRACTIVE_VERSION
-            stats = None
-            summaries = extractive_for(picked)
+    if llm.configured:
+        summarizer, model, version = "llm", llm.model, PROMPT_VERSION
+        stats = summarize_with_llm(lambda: connect(warehouse), source, picked, llm, log=context.log.info)
+    else:
+        summarizer, model, version = "extractive", EXTRACTIVE_MODEL, EXTRACTIVE_VERSION
+        stats = None
+    with connect(warehouse) as con:
+        summaries = cached_summaries(con, model) if stats is not None else extractive_for(picked)
         rows = write_summaries(con, source, picked, summarizer, model, version, summaries)
         samples = _samples_markdown(con, source)
     metadata = {

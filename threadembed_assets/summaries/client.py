@@ -1,17 +1,15 @@
-"""The `llm` resource: an OpenAI-compatible chat client with bounded concurrency and patient retries."""
+"""The `llm` resource: one OpenAI-compatible chat client per resource, with bounded concurrency and retries."""
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import dagster as dg
 import openai
-from pydantic import Field
-
-# Which failures are worth another try. A 4xx other than 429 or an empty answer will not change by asking again.
-RETRYABLE = {"rate_limited", "server_error", "timeout", "connection", "malformed_response"}
+from pydantic import Field, PrivateAttr
 
 
 @dataclass(frozen=True)
@@ -32,35 +30,34 @@ class LLMCallFailed(Exception):
         self.kind, self.message, self.attempts = kind, message, attempts
 
 
-def classify(error: Exception) -> tuple[str, float | None]:
-    """The failure kind of an exception from the client, and the server's Retry-After in seconds if it gave one."""
+def classify(error: Exception) -> str:
+    """The failure kind of an exception from the client."""
     if isinstance(error, openai.RateLimitError):
-        header = error.response.headers.get("retry-after") if error.response is not None else None
-        try:
-            return "rate_limited", float(header) if header is not None else None
-        except ValueError:
-            return "rate_limited", None
+        return "rate_limited"
     if isinstance(error, openai.InternalServerError):
-        return "server_error", None
+        return "server_error"
     if isinstance(error, openai.APITimeoutError):
-        return "timeout", None
+        return "timeout"
     if isinstance(error, openai.APIConnectionError):
-        return "connection", None
+        return "connection"
     if isinstance(error, json.JSONDecodeError | openai.APIResponseValidationError):
-        return "malformed_response", None
+        return "malformed_response"
     if isinstance(error, openai.APIStatusError):
-        return "server_error" if error.status_code >= 500 else "client_error", None
-    return "unexpected", None
+        return "server_error" if error.status_code >= 500 else "client_error"
+    return "unexpected"
 
 
-def backoff_seconds(attempt: int, base_s: float, max_s: float, retry_after: float | None, rng: random.Random) -> float:
-    """Exponential backoff with full jitter; a server's Retry-After is honoured as the least wait."""
-    jittered = rng.uniform(0, min(max_s, base_s * 2 ** (attempt - 1)))
-    return max(jittered, retry_after) if retry_after is not None else jittered
+def backoff_seconds(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter."""
+    return rng.uniform(0, min(max_s, base_s * 2 ** (attempt - 1)))
 
 
-def call_with_retries(
-    call: Callable[[], object],
+# The openai client retries these itself (429 honouring Retry-After, 408/409, 5xx, timeouts, dropped connections).
+CLIENT_RETRIED = {"rate_limited", "server_error", "timeout", "connection"}
+
+
+def complete_with_retries(
+    create: Callable[[int], object],
     *,
     max_attempts: int,
     base_s: float,
@@ -69,23 +66,35 @@ def call_with_retries(
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> Completion:
-    """Run one chat completion `call`, retrying retryable failures; raise LLMCallFailed when it gives up."""
+    """One chat completion in at most `max_attempts` requests; raise LLMCallFailed when it gives up.
+
+    `create(max_retries)` sends the request through the openai client, which retries transport and server failures
+    itself up to `max_retries` times, and returns its raw response (with `retries_taken`). What the client cannot
+    retry, an answer whose body does not parse, is asked again here after a jittered backoff.
+    """
     rng = rng or random.Random()
-    for attempt in range(1, max_attempts + 1):
+    used = 0
+    while True:
         try:
-            response = call()
+            raw = create(max_attempts - used - 1)
         except Exception as error:  # noqa: BLE001 - every client failure is classified, none escapes raw
-            kind, retry_after = classify(error)
-            if kind not in RETRYABLE or attempt == max_attempts:
-                raise LLMCallFailed(kind, redact(str(error))[:300], attempt) from None
-            sleep(backoff_seconds(attempt, base_s, max_s, retry_after, rng))
+            kind = classify(error)
+            attempts = max_attempts if kind in CLIENT_RETRIED else used + 1
+            raise LLMCallFailed(kind, redact(str(error))[:300], attempts) from None
+        used += raw.retries_taken + 1
+        try:
+            response = raw.parse()
+        except Exception as error:  # noqa: BLE001 - as above
+            kind = classify(error)
+            if kind != "malformed_response" or used >= max_attempts:
+                raise LLMCallFailed(kind, redact(str(error))[:300], used) from None
+            sleep(backoff_seconds(used, base_s, max_s, rng))
             continue
         text = (response.choices[0].message.content or "").strip() if response.choices else ""
         if not text:
-            raise LLMCallFailed("empty_content", "the model returned no text", attempt)
+            raise LLMCallFailed("empty_content", "the model returned no text", used)
         usage = response.usage
-        return Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, attempt)
-    raise AssertionError("unreachable")
+        return Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, used)
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -97,8 +106,16 @@ class LLMResource(dg.ConfigurableResource):
     max_concurrency: int = Field(default=4, description="Requests in flight at once.")
     timeout_s: float = Field(default=60.0, description="Per-call timeout.")
     max_attempts: int = Field(default=5, description="Tries per conversation before it is recorded as failed.")
-    backoff_base_s: float = Field(default=1.0, description="First backoff; doubles per attempt, with jitter.")
-    backoff_max_s: float = Field(default=60.0, description="Longest backoff between attempts.")
+    backoff_base_s: float = Field(
+        default=1.0,
+        description="First wait before asking again after a malformed answer; doubles per attempt, with jitter. "
+        "Rate limits, 5xx, timeouts and dropped connections are retried by the openai client itself "
+        "(0.5 s doubling to 8 s, honouring Retry-After).",
+    )
+    backoff_max_s: float = Field(default=60.0, description="Longest wait after a malformed answer.")
+
+    _client: openai.OpenAI | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
     def configured(self) -> bool:
@@ -109,15 +126,26 @@ class LLMResource(dg.ConfigurableResource):
         """`text` with the API key masked, for anything that may reach a log or metadata."""
         return text.replace(self.api_key, "***") if self.api_key else text
 
+    def client(self) -> openai.OpenAI:
+        """The resource's one openai client: every call and thread shares its connection pool."""
+        with self._lock:
+            if self._client is None:
+                self._client = openai.OpenAI(
+                    base_url=self.base_url, api_key=self.api_key or "unused", timeout=self.timeout_s, max_retries=0
+                )
+            return self._client
+
     def complete(self, messages: list[dict], max_tokens: int = 120) -> Completion:
         """One chat completion with retries; raises LLMCallFailed."""
-        client = openai.OpenAI(
-            base_url=self.base_url, api_key=self.api_key or "unused", timeout=self.timeout_s, max_retries=0
-        )
-        return call_with_retries(
-            lambda: client.chat.completions.create(
+
+        def create(max_retries: int):
+            completions = self.client().with_options(max_retries=max_retries).chat.completions
+            return completions.with_raw_response.create(
                 model=self.model, messages=messages, temperature=0.0, max_tokens=max_tokens
-            ),
+            )
+
+        return complete_with_retries(
+            create,
             max_attempts=self.max_attempts,
             base_s=self.backoff_base_s,
             max_s=self.backoff_max_s,

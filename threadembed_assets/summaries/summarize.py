@@ -6,7 +6,9 @@ a run that dies keeps what it finished and the next run asks only for what is mi
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -109,20 +111,29 @@ def select_conversations(con: duckdb.DuckDBPyConnection, source: str, config: Su
 
 
 def summarize_with_llm(
-    con: duckdb.DuckDBPyConnection, source: str, conversations: list[Conversation], llm: LLMResource, log=None
+    open_warehouse: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
+    source: str,
+    conversations: list[Conversation],
+    llm: LLMResource,
+    log=None,
 ) -> SummaryStats:
-    """Ask the LLM for every conversation whose content is not cached; cache each answer as it arrives."""
+    """Ask the LLM for every conversation whose content is not cached; cache each answer as it arrives.
+
+    The warehouse is opened (`open_warehouse()`) only to read the cache and to write each answer or failure, never
+    while waiting on the LLM, so other processes can read it between answers.
+    """
     stats = SummaryStats(requested=len(conversations))
-    cached = {
-        h
-        for (h,) in con.execute(
-            "SELECT content_hash FROM summary_cache WHERE model = $model AND prompt_version = $version",
-            {"model": llm.model, "version": PROMPT_VERSION},
-        ).fetchall()
-    }
+    with open_warehouse() as con:
+        cached = {
+            h
+            for (h,) in con.execute(
+                "SELECT content_hash FROM summary_cache WHERE model = $model AND prompt_version = $version",
+                {"model": llm.model, "version": PROMPT_VERSION},
+            ).fetchall()
+        }
+        con.execute("DELETE FROM summary_failures WHERE source = $source", {"source": source})
     missing = {c.content_hash: c for c in conversations if c.content_hash not in cached}
     stats.cache_hits = len(conversations) - sum(1 for c in conversations if c.content_hash in missing)
-    con.execute("DELETE FROM summary_failures WHERE source = $source", {"source": source})
     with ThreadPoolExecutor(max_workers=llm.max_concurrency) as pool:
         futures = {pool.submit(llm.complete, summary_messages(c.rendered)): c for c in missing.values()}
         for finished, future in enumerate(as_completed(futures), start=1):
@@ -134,28 +145,22 @@ def summarize_with_llm(
                 stats.failures[failure.kind] += 1
                 if len(stats.failure_examples) < 5:
                     stats.failure_examples.append(f"{conversation.conversation_id}: {failure}")
-                con.execute(
-                    "INSERT INTO summary_failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        source,
-                        conversation.conversation_id,
-                        conversation.content_hash,
-                        llm.model,
-                        PROMPT_VERSION,
-                        failure.kind,
-                        failure.message,
-                        failure.attempts,
-                    ],
-                )
+                row = [source, conversation.conversation_id, conversation.content_hash, llm.model, PROMPT_VERSION]
+                with open_warehouse() as con:
+                    con.execute(
+                        "INSERT INTO summary_failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [*row, failure.kind, failure.message, failure.attempts],
+                    )
                 continue
             stats.calls += done.attempts
             stats.tokens_in += done.tokens_in
             stats.tokens_out += done.tokens_out
-            con.execute(
-                "INSERT OR REPLACE INTO summary_cache (content_hash, model, prompt_version, summary, tokens_in, "
-                "tokens_out) VALUES (?, ?, ?, ?, ?, ?)",
-                [conversation.content_hash, llm.model, PROMPT_VERSION, done.text, done.tokens_in, done.tokens_out],
-            )
+            with open_warehouse() as con:
+                con.execute(
+                    "INSERT OR REPLACE INTO summary_cache (content_hash, model, prompt_version, summary, tokens_in, "
+                    "tokens_out) VALUES (?, ?, ?, ?, ?, ?)",
+                    [conversation.content_hash, llm.model, PROMPT_VERSION, done.text, done.tokens_in, done.tokens_out],
+                )
             if log is not None and finished % 25 == 0:
                 log(f"{finished}/{len(missing)} summaries requested so far")
     return stats

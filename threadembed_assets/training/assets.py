@@ -8,6 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.pairs.assets import query_response_pairs, summary_pairs, temporal_pairs, thread_pairs
+from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.training.data import dev_retrieval_sets, load_training_sets, pair_sources, pairs_digest
 from threadembed_assets.training.mining import (
     HARD_NEGATIVE_TABLE,
@@ -20,7 +21,6 @@ from threadembed_assets.training.presets import TrainConfig, recipe_for
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import StageResult, fingerprint, load_model, train_stage
 from threadembed_assets.versions import code_version
-from threadembed_assets.warehouse.assets import source_partitions
 from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
 

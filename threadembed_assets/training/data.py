@@ -6,10 +6,11 @@ row that a pair's (source, conversation_id) names) never reach a stage, neither 
 """
 
 import duckdb
+import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
-from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
+from threadembed_assets.benchmark.tasks import TaskConfig, thread_task
 from threadembed_assets.warehouse.schema import table_names
 
 # The conversations of a pair `p`: its own (`c`) and the one its negative comes from (`nc`,
@@ -138,40 +139,30 @@ def thread_retrieval_set(
 ) -> tuple[dict, dict, dict]:
     """Queries, corpus and relevant docs for thread retrieval on `split`: a message finds its conversation.
 
-    One query per conversation of 3+ messages (its middle message), whose document leaves that message out; the
-    corpus holds every conversation of the split (of those sources) as distractors, the interleaved ones included.
-    Conversations on a platform of `exclude_platforms` are neither queries nor documents.
+    The benchmark's thread task of each source (`benchmark.tasks.thread_task`): a conversation of 3+ messages of
+    `split` asks with its middle message, left out of its document; the corpus is every query's candidates, the
+    conversations of its channel active near it (the interleaved ones first of all), of whatever split, ranked here
+    all together. Conversations on a platform of `exclude_platforms` are neither queries nor documents. At most
+    `n_queries` queries in all, a seeded choice across sources.
     """
-    rows = con.execute(
-        f"""
-        WITH picked AS (
-            SELECT source, conversation_id, n_messages FROM conversations
-            WHERE split = $split AND n_messages >= 3 AND NOT list_contains($excluded, platform)
-            ORDER BY hash(source, conversation_id, $seed) LIMIT $n
-        ), lines AS (
-            SELECT m.source, m.conversation_id, m.position, {RENDER_MESSAGE_SQL} AS line,
-                p.n_messages IS NOT NULL AND m.position = p.n_messages // 2 AS is_query
-            FROM messages m JOIN conversations c USING (source, conversation_id)
-            LEFT JOIN picked p USING (source, conversation_id)
-            WHERE c.split = $split AND c.n_messages >= 2 AND NOT list_contains($excluded, c.platform)
-                AND m.source IN (SELECT DISTINCT source FROM picked)
-        )
-        SELECT source || '/' || conversation_id,
-            max(CASE WHEN is_query THEN line END),
-            left(string_agg(CASE WHEN NOT is_query THEN line END, chr(10) ORDER BY position), $max_chars)
-        FROM lines GROUP BY ALL
-        """,
-        {
-            "split": split,
-            "n": n_queries,
-            "seed": seed,
-            "max_chars": max_chars,
-            "excluded": list(exclude_platforms),
-        },
+    config = TaskConfig(max_queries=n_queries, seed=seed, max_doc_chars=max_chars)
+    sources = con.execute(
+        "SELECT DISTINCT source FROM conversations WHERE split = $split AND NOT list_contains($excluded, platform) "
+        "ORDER BY source",
+        {"split": split, "excluded": list(exclude_platforms)},
     ).fetchall()
-    corpus = {doc_id: text for doc_id, _, text in rows if text}
-    queries = {doc_id: query for doc_id, query, _ in rows if query and doc_id in corpus}
-    return queries, corpus, {doc_id: {doc_id} for doc_id in queries}
+    queries, corpus, relevant = {}, {}, {}
+    for (source,) in sources:
+        task = thread_task(con, source, [split], config, exclude_platforms)
+        corpus.update({f"{source}/{doc_id}": doc for doc_id, doc in zip(task.doc_ids, task.docs, strict=True)})
+        for text, doc, conversation in zip(task.queries, task.relevant, task.conversations, strict=True):
+            queries[f"{source}/{conversation}"] = text
+            relevant[f"{source}/{conversation}"] = {f"{source}/{task.doc_ids[doc]}"}
+    if len(queries) > n_queries:
+        kept = np.random.default_rng(seed).choice(sorted(queries), size=n_queries, replace=False)
+        queries = {query_id: queries[query_id] for query_id in sorted(kept)}
+        relevant = {query_id: relevant[query_id] for query_id in queries}
+    return queries, corpus, relevant
 
 
 def next_message_retrieval_set(

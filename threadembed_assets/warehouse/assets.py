@@ -3,16 +3,14 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from threadembed_assets.sources.assets import RAW_ASSETS
+from threadembed_assets.sources.assets import raw_messages
 from threadembed_assets.sources.raw_cache import PART_GLOB, raw_cache_dir
-from threadembed_assets.sources.registry import SOURCES
+from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 from threadembed_assets.warehouse.conversations import build_conversations, conversation_preview
 from threadembed_assets.warehouse.load import LoadOptions, load_messages
 from threadembed_assets.warehouse.schema import table_schema
-
-source_partitions = dg.StaticPartitionsDefinition(list(SOURCES))
 
 
 def _md_counts(counts: dict[str, int], label: str) -> dg.MetadataValue:
@@ -28,7 +26,7 @@ def _column_schema(con, table: str) -> dg.TableSchema:
     code_version=code_version("warehouse"),
     partitions_def=source_partitions,
     group_name="warehouse",
-    deps=RAW_ASSETS,
+    deps=[raw_messages],
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
 )
@@ -41,7 +39,9 @@ def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: 
     source = context.partition_key
     raw = raw_cache_dir(source)
     if not any(raw.glob(PART_GLOB)):
-        raise dg.Failure(description=f"No raw cache for '{source}' at {raw}: materialize raw_{source} first.")
+        raise dg.Failure(
+            description=f"No raw cache for '{source}' at {raw}: materialize raw_messages for partition {source} first."
+        )
     with connect(warehouse) as con:
         counts = load_messages(con, source, raw, config)
         schema = _column_schema(con, "messages")

@@ -32,20 +32,21 @@ def _is_other_configuration(exc: duckdb.Error) -> bool:
 
 @contextmanager
 def connect(
-    warehouse: DuckDBResource, *, read_only: bool = False, wait_seconds: float = LOCK_WAIT_SECONDS
+    warehouse: DuckDBResource | str | Path, *, read_only: bool = False, wait_seconds: float = LOCK_WAIT_SECONDS
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the warehouse, closed on exit (also on an error).
+    """A connection to the warehouse (the resource, or its file's path), closed on exit (also on an error).
 
     It waits up to `wait_seconds` while another process holds a conflicting lock (a writer, or readers when this
     one writes), polling with a growing interval. A reader in a process that already holds the file open for
     writing shares that database (DuckDB allows one configuration per file and process). A writer creates the
     file's folder on first use; a reader of a missing file is told which asset makes it.
     """
-    path = Path(warehouse.database)
+    resource = warehouse if isinstance(warehouse, DuckDBResource) else DuckDBResource(database=str(warehouse))
+    path = Path(resource.database)
     if read_only and not path.exists():
         raise FileNotFoundError(f"no warehouse at {path}: materialize `messages` first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {"custom_user_agent": "dagster", **warehouse.connection_config}
+    config = {"custom_user_agent": "dagster", **resource.connection_config}
     deadline, delay = time.monotonic() + wait_seconds, 0.05
     while True:
         try:

@@ -31,7 +31,7 @@ _RAW_ROWS = (
 # `staged` holds the keys of every raw row and its quarantine reason (at most one), not its text: the text is read
 # from the Parquet parts once more where a row is written, so no wide intermediate is materialized. Duplicates are
 # decided among the otherwise good rows (the first occurrence in file order stays). Strings are ISO-8601, with an
-# offset or in UTC; numbers are epoch seconds.
+# offset or in UTC; numbers are epoch seconds; `infinity` is unparseable (a gap to it has no length).
 _STAGE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE staged AS
 WITH checked AS (
@@ -44,10 +44,13 @@ WITH checked AS (
             WHEN timestamp IS NOT NULL AND ts IS NULL THEN 'unparseable_timestamp'
         END AS bad_reason
     FROM (
-        SELECT *,
-            coalesce(TRY_CAST(timestamp AS TIMESTAMPTZ), try(to_timestamp(TRY_CAST(timestamp AS DOUBLE))))
-                AT TIME ZONE 'UTC' AS ts
-        FROM {_RAW_ROWS}
+        SELECT * EXCLUDE (parsed_ts), CASE WHEN isfinite(parsed_ts) THEN parsed_ts END AS ts
+        FROM (
+            SELECT *,
+                coalesce(TRY_CAST(timestamp AS TIMESTAMPTZ), try(to_timestamp(TRY_CAST(timestamp AS DOUBLE))))
+                    AT TIME ZONE 'UTC' AS parsed_ts
+            FROM {_RAW_ROWS}
+        )
     )
 ), first_of_duplicates AS (
     SELECT message_id, min(row_ord) AS first_ord FROM checked WHERE bad_reason IS NULL
