@@ -52,6 +52,8 @@ class CachedEncoder:
 
     def encode(self, model, key: str, texts: list[str], batch_size: int) -> np.ndarray:
         """Full-dimension embeddings of `texts` (rows in their order), encoding only those not cached for `key`."""
+        if not texts:
+            return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
         digests = [text_digest(text) for text in texts]
         found = self.lookup(key, list(dict.fromkeys(digests)))
         missing = {digest: text for digest, text in zip(digests, texts, strict=True) if digest not in found}
@@ -62,8 +64,7 @@ class CachedEncoder:
             encoded = dict(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
             self.store(key, encoded)
             found.update(encoded)
-        dim = model.get_embedding_dimension()
-        return np.array([found[digest] for digest in digests], dtype=np.float32).reshape(len(texts), dim)
+        return np.array([found[digest] for digest in digests], dtype=np.float32)
 
 
 class EmbeddingCache(CachedEncoder):
