@@ -58,6 +58,13 @@ def _dev_pair(meta: dict, when: str) -> str:
     )
 
 
+def _paired(meta: dict) -> str:
+    """` (thread win +0.268 p=0.000, next_message tie +0.002 p=0.612)`: a stage's paired dev verdicts, if any."""
+    verdicts = meta["dev_verdicts"].data if "dev_verdicts" in meta else {}
+    parts = [f"{task} {v['verdict']} {v['delta']:+.3f} p={v['p']:.3f}" for task, v in verdicts.items()]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def onnx_tasks(meta: dict) -> list[str]:
     """The dev tasks `onnx_model` reports, from its `dev_mrr@10_<task>_int8` keys."""
     prefix, suffix = "dev_mrr@10_", "_int8"
@@ -133,7 +140,7 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
             lines.append(
                 f"{name}: {meta['steps'].value}/{meta['planned_steps'].value} steps, {meta['pairs_per_second'].value} "
                 f"pairs/s, dev MRR@10 (thread / next message) {_dev_pair(meta, 'before')} -> "
-                f"{_dev_pair(meta, 'after')}, "
+                f"{_dev_pair(meta, 'after')}{_paired(meta)}, "
                 f"{verdict}; next stage starts from {meta['next_stage_starts_from'].value}  ({meta['hand_on'].value})"
             )
     for evaluation in result.get_asset_check_evaluations():

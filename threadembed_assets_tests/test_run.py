@@ -1,5 +1,7 @@
 """`make run`'s entry point: the whole pipeline for a source, checks included, and its summary."""
 
+import re
+
 from threadembed_assets import run
 from threadembed_assets.training.assets import STAGES
 
@@ -11,7 +13,10 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
     for table in ["thread_pairs", "query_response_pairs", "temporal_pairs", "summary_pairs", "hard_negative_pairs"]:
         assert f"check {table}.pair_quality: passed" in out
     for stage in ["thread_model", "retrieval_model", "hard_negative_model"]:
-        assert f"{stage}: " in out and "dev MRR@10 (thread / next message)" in out
+        line = next(line for line in out.splitlines() if line.startswith(f"{stage}: "))
+        assert "dev MRR@10 (thread / next message)" in line
+        # the paired dev verdicts against the start model, per task
+        assert re.search(r"\(thread (win|loss|tie) [+-]\d\.\d{3} p=\d\.\d{3}, next_message (win|loss|tie) ", line), line
     assert "onnx_model: int8 export " in out and "dev MRR@10 thread " in out and "response_message " in out
     assert "conversation_index: " in out and "ANN recall@10 " in out and "ranker chat_ranker" in out
     assert "chat_ranker: thread " in out and "response_message " in out and "dev MRR@10" in out

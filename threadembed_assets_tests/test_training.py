@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pytest
 import torch
 from datasets import DatasetDict
@@ -80,6 +81,12 @@ def test_all_three_stages_train_real_steps_and_publish_latest(smoke_run):
         weights.append(first_weight(latest))
     for before, after in zip(weights, weights[1:], strict=False):
         assert not torch.equal(before, after)  # every stage moved the weights
+    # A stage that starts from the run before it reads that run's dev scores (same sets) instead of measuring again;
+    # the base model has none recorded.
+    assert meta["thread_model"]["dev_before_recorded"].value is False
+    for previous, stage in zip(STAGE_NAMES, STAGE_NAMES[1:], strict=False):
+        assert meta[stage]["dev_before_recorded"].value is True, stage
+        assert meta[stage]["dev_before"].data == meta[previous]["dev_after"].data, stage
     assert meta["hard_negative_pairs"]["mined"].value > 0
 
 
@@ -184,12 +191,46 @@ def test_a_stage_is_published_only_when_it_beats_its_start_on_dev_tasks(tmp_path
         run_dir=tmp_path, steps=1, planned_steps=1, final_learning_rate=0.0, resumed_from_step=0,
         budget_spent_before_s=0.0, pairs_seen=1, pairs_per_second=1.0, train_seconds=1.0, wall_seconds=1.0,
         stopped_by_budget=False, loss_curve=[],
-        dev_before=before, dev_after=after,
+        dev_before=before, dev_before_recorded=False, dev_after=after,
     )  # fmt: skip
     record = select("thread_model", result, str(tmp_path / "start"), only_if_better=True)
     assert record["published"] is published and record["beat_start"] is published
     assert record["dev_mrr@10_by_task"] == {task: scores["mrr@10"] for task, scores in after.items()}
     assert select("thread_model", result, str(tmp_path / "start"), only_if_better=False)["published"] is True
+
+
+def _per_query_result(tmp_path, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> train.StageResult:
+    def headline(scores):
+        return {task: {"mrr@10": round(float(values.mean()), 4)} for task, values in scores.items()}
+
+    return train.StageResult(
+        run_dir=tmp_path, steps=1, planned_steps=1, final_learning_rate=0.0, resumed_from_step=0,
+        budget_spent_before_s=0.0, pairs_seen=1, pairs_per_second=1.0, train_seconds=1.0, wall_seconds=1.0,
+        stopped_by_budget=False, loss_curve=[],
+        dev_before=headline(before), dev_before_recorded=False, dev_after=headline(after),
+        dev_per_query_before={task: values.tolist() for task, values in before.items()},
+        dev_per_query_after={task: values.tolist() for task, values in after.items()},
+    )  # fmt: skip
+
+
+def test_with_per_query_dev_scores_only_a_significant_win_without_a_significant_loss_publishes(tmp_path):
+    """Per-query dev scores decide by paired tests: a small gain on every task (a higher mean, which the mean rule
+    alone would publish) is noise; a large win with a significant loss elsewhere is not published either."""
+    rng = np.random.default_rng(0)
+    before = {"thread": rng.uniform(0, 1, 200), "next_message": rng.uniform(0, 1, 200)}
+    noise = {task: np.clip(values + rng.normal(0.005, 0.2, 200), 0, 1) for task, values in before.items()}
+    win = {"thread": np.clip(before["thread"] + 0.2, 0, 1), "next_message": noise["next_message"]}
+    win_and_loss = {"thread": win["thread"], "next_message": np.clip(before["next_message"] - 0.05, 0, 1)}
+    for after, published in [(win, True), (noise, False), (win_and_loss, False)]:
+        result = _per_query_result(tmp_path, before, after)
+        record = select("thread_model", result, str(tmp_path / "start"), only_if_better=True)
+        assert record["published"] is published, record["dev_verdicts"]
+        assert set(record["dev_verdicts"]) == {"thread", "next_message"}
+    # the mean rule alone (no per-query scores) would have published the noise
+    noisy = _per_query_result(tmp_path, before, noise)
+    assert noisy.dev_after["thread"]["mrr@10"] >= noisy.dev_before["thread"]["mrr@10"]
+    noisy.dev_per_query_before = noisy.dev_per_query_after = {}
+    assert select("thread_model", noisy, str(tmp_path / "start"), only_if_better=True)["published"] is True
 
 
 def test_dev_sets_hold_thread_and_next_message_queries(workdir, warehouse_db):
@@ -520,3 +561,20 @@ def test_old_run_folders_and_stale_work_go_but_linked_ones_stay(tmp_path):
         "_work", "latest", "run-0", "run-1", "run-4", "run-5"
     ]  # fmt: skip
     assert fresh.exists() and store.latest("thread_model") == runs[0].resolve()
+
+
+def test_recorded_dev_scores_are_read_only_for_the_same_dev_sets(tmp_path):
+    """A run folder's dev scores stand in for measuring its model again only on the very sets (and device and
+    precision) they were measured on; the digest does not depend on the order of a relevant-id set."""
+    sets = {"thread": ({"q1": "a: hi"}, {"d1": "b: hello", "d2": "c: bye"}, {"q1": {"d1", "d2"}})}
+    digest = train.dev_sets_digest(sets, "cpu", "fp32")
+    reordered = {"thread": ({"q1": "a: hi"}, {"d2": "c: bye", "d1": "b: hello"}, {"q1": {"d2", "d1"}})}
+    assert train.dev_sets_digest(reordered, "cpu", "fp32") == digest
+    scores, per_query = {"thread": {"mrr@10": 0.5}}, {"thread": [0.5]}
+    record = {"dev_sets": digest, "scores": scores, "per_query": per_query}
+    (tmp_path / train.DEV_SCORES_FILE).write_text(json.dumps(record))
+    assert train.recorded_dev_scores(str(tmp_path), digest) == (scores, per_query)
+    other = {"thread": ({"q1": "a: hi"}, {"d1": "b: hello"}, {"q1": {"d1"}})}
+    assert train.recorded_dev_scores(str(tmp_path), train.dev_sets_digest(other, "cpu", "fp32")) is None
+    assert train.recorded_dev_scores(str(tmp_path), train.dev_sets_digest(sets, "cuda", "bf16")) is None
+    assert train.recorded_dev_scores(str(tmp_path / "base"), digest) is None

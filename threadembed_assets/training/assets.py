@@ -5,8 +5,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 from dagster_duckdb import DuckDBResource
 
+from threadembed_assets.benchmark.metrics import paired_test, verdict
 from threadembed_assets.pairs.assets import query_response_pairs, summary_pairs, temporal_pairs, thread_pairs
 from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.training.data import dev_retrieval_sets, load_training_sets, pair_sources, pairs_digest
@@ -56,7 +58,8 @@ def _start_path(stage: Stage, models: ModelStore) -> str:
     return models.base_model_path() if stage.start_from is None else handed_on(stage.start_from, models)
 
 
-# A stage may lose this much dev MRR@10 on one task and still be published for what it gains on the others.
+# Without per-query dev scores (no paired test possible), a stage may lose this much dev MRR@10 on one task and
+# still be published for what it gains on the others.
 DEV_TOLERANCE = 0.01
 
 
@@ -70,15 +73,41 @@ def dev_score(by_task: dict[str, float]) -> float | None:
     return round(sum(by_task.values()) / len(by_task), 4) if by_task else None
 
 
-def select(stage: str, result: StageResult, start_from: str, only_if_better: bool) -> dict:
-    """Whether the stage's run is published, and which model the next stage starts from: the run when it beats
-    the model it started from on dev (a higher MRR@10 averaged over the dev tasks, and no task down more than
-    DEV_TOLERANCE), or when `only_if_better` is off, or there is no dev set; else that model. The record names the
-    stage whose model won, also written to the run's folder and model card."""
+def dev_verdicts(result: StageResult) -> dict[str, dict]:
+    """Per dev task with per-query scores for both models: the paired delta of MRR@10 (run - start model), its
+    p-value (paired randomization test on the same queries) and the verdict (win / loss at 95%, else tie)."""
+    verdicts = {}
+    for task, after in result.dev_per_query_after.items():
+        before = result.dev_per_query_before.get(task)
+        if before is not None and len(before) == len(after):
+            delta, p = paired_test(np.array(after), np.array(before))
+            verdicts[task] = {"delta": round(delta, 4), "p": round(p, 4), "verdict": verdict(delta, p)}
+    return verdicts
+
+
+def beats_start(result: StageResult, verdicts: dict[str, dict]) -> bool:
+    """The run beats its start model on dev: with paired verdicts on every task, a significant win on one task
+    and a significant loss on none; else (older records) a higher mean MRR@10 with no task down more than
+    DEV_TOLERANCE. Without a dev set there is nothing to lose: True."""
     start_by_task, by_task = task_mrr(result.dev_before), task_mrr(result.dev_after)
     before, after = dev_score(start_by_task), dev_score(by_task)
+    if before is None or after is None:
+        return True
+    if verdicts and set(verdicts) == set(by_task):
+        outcomes = {v["verdict"] for v in verdicts.values()}
+        return "win" in outcomes and "loss" not in outcomes
     drops = [round(start_by_task[task] - mrr, 4) for task, mrr in by_task.items() if task in start_by_task]
-    better = before is None or after is None or (after > before and max(drops, default=0.0) <= DEV_TOLERANCE)
+    return after > before and max(drops, default=0.0) <= DEV_TOLERANCE
+
+
+def select(stage: str, result: StageResult, start_from: str, only_if_better: bool) -> dict:
+    """Whether the stage's run is published, and which model the next stage starts from: the run when it beats
+    the model it started from on dev (`beats_start`), or when `only_if_better` is off; else that model. The record
+    names the stage whose model won, also written to the run's folder and model card."""
+    start_by_task, by_task = task_mrr(result.dev_before), task_mrr(result.dev_after)
+    before, after = dev_score(start_by_task), dev_score(by_task)
+    verdicts = dev_verdicts(result)
+    better = beats_start(result, verdicts)
     published = better or not only_if_better
     start_record = Path(start_from) / SELECTION_FILE
     start_winner = json.loads(start_record.read_text())["winner"] if start_record.is_file() else "base model"
@@ -89,6 +118,7 @@ def select(stage: str, result: StageResult, start_from: str, only_if_better: boo
         "dev_mrr@10": after,
         "dev_mrr@10_by_task": by_task,
         "dev_mrr@10_start_by_task": start_by_task,
+        "dev_verdicts": verdicts,
         "beat_start": better,
         "published": published,
         "winner": stage if published else start_winner,
@@ -97,12 +127,13 @@ def select(stage: str, result: StageResult, start_from: str, only_if_better: boo
     (result.run_dir / SELECTION_FILE).write_text(json.dumps(record, indent=1))
     card = result.run_dir / "README.md"
     if card.is_file():
-        verdict = "published as `latest`" if published else "not published: `latest` keeps the previous model"
+        outcome = "published as `latest`" if published else "not published: `latest` keeps the previous model"
         with card.open("a", encoding="utf-8") as handle:
             handle.write(
                 f"\n\n## ThreadEmbed stage selection\n\n- stage: {stage}\n- dev MRR@10 (mean over tasks) of the start "
                 f"model ({start_winner}): {before} {record['dev_mrr@10_start_by_task']}\n- dev MRR@10 of this run: "
-                f"{after} {record['dev_mrr@10_by_task']}\n- {verdict}\n"
+                f"{after} {record['dev_mrr@10_by_task']}\n- paired verdicts against the start model: "
+                f"{verdicts or 'none (no per-query scores)'}\n- {outcome}\n"
                 f"- the next stage starts from: {record['winner']}\n"
             )
     return record
@@ -191,6 +222,8 @@ def _metadata(result: StageResult, start_from: str, latest: str, record: dict, s
         "loss_curve": curve,
         "dev_retrieval": dg.MetadataValue.md(dev),
         "dev_before": dg.MetadataValue.json(result.dev_before),
+        "dev_before_recorded": result.dev_before_recorded,
+        "dev_verdicts": dg.MetadataValue.json(selection["dev_verdicts"]),
         "dev_after": dg.MetadataValue.json(result.dev_after),
         "dev_mrr@10_before": selection["dev_mrr@10_start"] or 0.0,
         "dev_mrr@10_after": selection["dev_mrr@10"] or 0.0,

@@ -27,6 +27,9 @@ from threadembed_assets.training.presets import Recipe
 MATRYOSHKA_DIMS = (768, 512, 256, 128, 64)
 # Written into a checkpoint folder after the trainer's own files: a checkpoint without it was cut off mid-save.
 PROGRESS_FILE = "threadembed_progress.json"
+# A run folder's dev scores with the digest of the dev sets, device and precision they were measured on: the next
+# stage, starting from this model on the same sets, reads its start scores here instead of measuring them again.
+DEV_SCORES_FILE = "threadembed_dev_scores.json"
 
 
 def matryoshka_dims(dimension: int) -> list[int]:
@@ -166,14 +169,34 @@ class StageResult:
     stopped_by_budget: bool
     loss_curve: list[tuple[int, float]]
     dev_before: dict[str, dict[str, float]]  # task -> headline scores of the start model on dev
+    dev_before_recorded: bool  # read from the start model's folder (DEV_SCORES_FILE), not measured again
     dev_after: dict[str, dict[str, float]]  # task -> headline scores of the trained model on dev
     hyperparameters: dict = field(default_factory=dict)
+    # task -> each dev query's reciprocal rank at 10, in query order, of the start model and of the trained one
+    dev_per_query_before: dict[str, list[float]] = field(default_factory=dict)
+    dev_per_query_after: dict[str, list[float]] = field(default_factory=dict)
+
+
+class PerQueryIREvaluator(InformationRetrievalEvaluator):
+    """sentence-transformers' IR evaluator that also keeps each query's reciprocal rank at 10 (query order) of its
+    last evaluation, for a paired test of two models on the same queries."""
+
+    reciprocal_ranks: list[float]
+
+    def compute_metrics(self, queries_result_list: list[object]):
+        self.reciprocal_ranks = []
+        for query_id, results in zip(self.queries_ids, queries_result_list, strict=True):
+            top = sorted(results, key=lambda hit: (-hit["score"], hit["corpus_id"]))[:10]
+            relevant = self.relevant_docs[query_id]
+            ranks = [rank for rank, hit in enumerate(top, 1) if hit["corpus_id"] in relevant]
+            self.reciprocal_ranks.append(1.0 / ranks[0] if ranks else 0.0)
+        return super().compute_metrics(queries_result_list)
 
 
 def dev_evaluator(eval_sets: dict[str, tuple[dict, dict, dict]], batch_size: int) -> SequentialEvaluator | None:
     """sentence-transformers' IR evaluator on each dev retrieval set (`dev_<task>`), in sequence; None without any."""
     evaluators = [
-        InformationRetrievalEvaluator(
+        PerQueryIREvaluator(
             queries,
             corpus,
             relevant,
@@ -196,6 +219,16 @@ def dev_evaluator(eval_sets: dict[str, tuple[dict, dict, dict]], batch_size: int
     )
 
 
+def evaluate_dev(
+    evaluator: SequentialEvaluator | None, model: SentenceTransformer
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """The headline scores (`headline`) and per-query reciprocal ranks of `model` on every dev task."""
+    if evaluator is None:
+        return {}, {}
+    scores = headline(evaluator(model))
+    return scores, {e.name.removeprefix("dev_"): e.reciprocal_ranks for e in evaluator.evaluators}
+
+
 def headline(scores: dict) -> dict[str, dict[str, float]]:
     """MRR@10, NDCG@10 and accuracy@1/10 of each task's IR evaluation (`dev_<task>_cosine_<metric>` keys), by task."""
     wanted = ("mrr@10", "ndcg@10", "accuracy@1", "accuracy@10")
@@ -205,6 +238,33 @@ def headline(scores: dict) -> dict[str, dict[str, float]]:
             task, metric = key.removeprefix("dev_").split("_cosine_")
             by_task.setdefault(task, {})[metric] = round(value, 4)
     return by_task
+
+
+def dev_sets_digest(eval_sets: dict[str, tuple[dict, dict, dict]], device: str, precision: str) -> str:
+    """A stable id of the dev retrieval sets (queries, corpus, relevant ids) and how they are scored."""
+
+    def sortable(value):
+        return sorted(value) if isinstance(value, set | frozenset) else value
+
+    canonical = {
+        task: [sorted((key, sortable(value)) for key, value in part.items()) for part in parts]
+        for task, parts in eval_sets.items()
+    }
+    return fingerprint(canonical, device, precision)
+
+
+def recorded_dev_scores(
+    model_path: str, digest: str
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]] | None:
+    """The dev scores and per-query reciprocal ranks (`evaluate_dev`) a finished stage recorded in `model_path` for
+    the sets of `digest`, else None."""
+    try:
+        data = json.loads((Path(model_path) / DEV_SCORES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("dev_sets") != digest or not data.get("scores"):
+        return None
+    return data["scores"], data.get("per_query") or {}
 
 
 def last_complete_checkpoint(work_dir: Path, log: Callable[[str], None]) -> tuple[Path | None, float]:
@@ -248,7 +308,9 @@ def train_stage(
     started = time.monotonic()
     model = load_model(start_from, device)
     evaluator = dev_evaluator(eval_sets, eval_batch_size)
-    dev_before = headline(evaluator(model)) if evaluator else {}
+    digest = dev_sets_digest(eval_sets, device, precision)
+    recorded = recorded_dev_scores(start_from, digest) if evaluator else None
+    dev_before, per_query_before = recorded or evaluate_dev(evaluator, model)
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
@@ -287,10 +349,13 @@ def train_stage(
     final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
     train_seconds, pairs_per_second = progress.train_seconds(), progress.pairs_per_second()
-    dev_after = headline(evaluator(model)) if evaluator else {}
+    dev_after, per_query_after = evaluate_dev(evaluator, model)
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial))
+    if dev_after:
+        record = {"dev_sets": digest, "scores": dev_after, "per_query": per_query_after}
+        (partial / DEV_SCORES_FILE).write_text(json.dumps(record))
     partial.rename(run_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return StageResult(
@@ -307,7 +372,10 @@ def train_stage(
         stopped_by_budget=progress.stopped_by_budget,
         loss_curve=progress.curve,
         dev_before=dev_before,
+        dev_before_recorded=recorded is not None,
         dev_after=dev_after,
+        dev_per_query_before=per_query_before,
+        dev_per_query_after=per_query_after,
         hyperparameters={
             **asdict(recipe),
             "max_steps_effective": max_steps,
