@@ -85,11 +85,10 @@ def dev_verdicts(result: StageResult) -> dict[str, dict]:
     return verdicts
 
 
-def beats_start(result: StageResult, verdicts: dict[str, dict]) -> bool:
-    """The run beats its start model on dev: with paired verdicts on every task, a significant win on one task
-    and a significant loss on none; else (older records) a higher mean MRR@10 with no task down more than
-    DEV_TOLERANCE. Without a dev set there is nothing to lose: True."""
-    start_by_task, by_task = task_mrr(result.dev_before), task_mrr(result.dev_after)
+def beats_start(start_by_task: dict[str, float], by_task: dict[str, float], verdicts: dict[str, dict]) -> bool:
+    """The run (dev MRR@10 `by_task`) beats its start model (`start_by_task`) on dev: with paired verdicts on every
+    task, a significant win on one task and a significant loss on none; else (no per-query scores) a higher mean
+    MRR@10 with no task down more than DEV_TOLERANCE. Without a dev set there is nothing to lose: True."""
     before, after = dev_score(start_by_task), dev_score(by_task)
     if before is None or after is None:
         return True
@@ -107,7 +106,7 @@ def select(stage: str, result: StageResult, start_from: str, only_if_better: boo
     start_by_task, by_task = task_mrr(result.dev_before), task_mrr(result.dev_after)
     before, after = dev_score(start_by_task), dev_score(by_task)
     verdicts = dev_verdicts(result)
-    better = beats_start(result, verdicts)
+    better = beats_start(start_by_task, by_task, verdicts)
     published = better or not only_if_better
     start_record = Path(start_from) / SELECTION_FILE
     start_winner = json.loads(start_record.read_text())["winner"] if start_record.is_file() else "base model"
