@@ -1,10 +1,11 @@
 """Training throughput of the stage code (what the training assets run) against a bare
 `SentenceTransformerTrainer` on the same triplets, in the same run.
 
-    python bench/train.py [--steps 40] [--batch-size 32] [--messages 5000]
+    python bench/train.py [--steps 40] [--batch-size 32] [--messages 5000] [--warehouse data/warehouse.duckdb]
 
 Both train MultipleNegativesRankingLoss inside MatryoshkaLoss from the same base model on the same `thread_pairs`
-triplets (anchor, positive, interleaved negative; generated sample chat; max_seq_length 128): the bare trainer with
+triplets (anchor, positive, interleaved negative; generated sample chat, or with `--warehouse` the train triplets of
+a warehouse `make run` built, real chat with its real spread of lengths; max_seq_length 128): the bare trainer with
 sentence-transformers' no-duplicates batches, the stage with its own sampler (no duplicates, no shared conversation,
 length-grouped batches). Each runs twice, alternating. On both sides pairs/s is
 steps x batch / training seconds, timed by the same callback (`StageProgress`) from the first step's start to the
@@ -35,6 +36,12 @@ from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.training.train import StageProgress, build_loss, train_stage
 from threadembed_assets.warehouse.conversations import build_conversations
 from threadembed_assets.warehouse.load import LoadOptions, load_messages
+
+
+def warehouse_pairs(path: Path, n_pairs: int):
+    """The train triplets of `thread_pairs` in the warehouse at `path` (every source)."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        return load_training_sets(con, ["thread_pairs"], n_pairs, seed=1)["thread_pairs"]
 
 
 def prepare_pairs(work: Path, n_messages: int, n_pairs: int):
@@ -99,6 +106,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--warehouse", type=Path, help="train on this warehouse's thread triplets instead")
     args = parser.parse_args()
     recipe = Recipe(
         epochs=100,
@@ -114,13 +122,18 @@ def main() -> None:
     base = ModelStore().base_model_path()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        dataset = prepare_pairs(work, args.messages, recipe.max_pairs)
+        if args.warehouse:
+            dataset = warehouse_pairs(args.warehouse, recipe.max_pairs)
+        else:
+            dataset = prepare_pairs(work, args.messages, recipe.max_pairs)
         runs = {"bare trainer": [], "threadembed stage": []}
         for attempt in range(2):
             runs["bare trainer"].append(bare(dataset, base, recipe, work))
             runs["threadembed stage"].append(ours(dataset, base, recipe, work, attempt))
         best = {name: max(rate for rate, _ in values) for name, values in runs.items()}
-        print(f"{len(dataset)} thread triplets, {args.steps} steps x batch {args.batch_size}, max_seq_length 128, CPU")
+        origin = f"of {args.warehouse}" if args.warehouse else "of generated chat"
+        shape = f"{args.steps} steps x batch {args.batch_size}, max_seq_length 128, CPU"
+        print(f"{len(dataset)} thread triplets {origin}, {shape}")
         print("training pairs/s (first step to end of training, checkpoint writes excluded); wall s of the call")
         for name, values in runs.items():
             rates = " ".join(f"{rate:6.1f}" for rate, _ in values)
