@@ -44,13 +44,15 @@ def warehouse_pairs(path: Path, n_pairs: int):
         return load_training_sets(con, ["thread_pairs"], n_pairs, seed=1)["thread_pairs"]
 
 
-def prepare_pairs(work: Path, n_messages: int, n_pairs: int):
+def generated_warehouse(work: Path, n_messages: int) -> Path:
+    """A warehouse in `work` with the `thread_pairs` of `n_messages` of generated sample chat."""
+    path = work / "warehouse.duckdb"
     write_raw_cache(batched(generate_sample(n_messages, seed=5)), work / "raw")
-    with duckdb.connect(str(work / "warehouse.duckdb")) as con:
+    with duckdb.connect(str(path)) as con:
         load_messages(con, "sample", work / "raw", LoadOptions())
         build_conversations(con, "sample")
         build_pairs(con, "A", "sample", PairConfig())
-        return load_training_sets(con, ["thread_pairs"], n_pairs, seed=1)["thread_pairs"]  # the triplets
+    return path
 
 
 def bare(dataset, base: str, recipe: Recipe, work: Path) -> tuple[float, float]:
@@ -122,10 +124,8 @@ def main() -> None:
     base = ModelStore().base_model_path()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.warehouse:
-            dataset = warehouse_pairs(args.warehouse, recipe.max_pairs)
-        else:
-            dataset = prepare_pairs(work, args.messages, recipe.max_pairs)
+        warehouse = args.warehouse or generated_warehouse(work, args.messages)
+        dataset = warehouse_pairs(warehouse, recipe.max_pairs)
         runs = {"bare trainer": [], "threadembed stage": []}
         for attempt in range(2):
             runs["bare trainer"].append(bare(dataset, base, recipe, work))
