@@ -561,6 +561,8 @@ def test_old_run_folders_and_stale_work_go_but_linked_ones_stay(tmp_path):
         "_work", "latest", "run-0", "run-1", "run-4", "run-5"
     ]  # fmt: skip
     assert fresh.exists() and store.latest("thread_model") == runs[0].resolve()
+    shutil.rmtree(fresh)  # the run that was training finished and removed its work folder
+    assert store.prune("thread_model") == [] and not (tmp_path / "thread_model" / "_work").exists()
 
 
 def test_recorded_dev_scores_are_read_only_for_the_same_dev_sets(tmp_path):

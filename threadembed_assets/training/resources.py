@@ -116,7 +116,7 @@ class ModelStore(dg.ConfigurableResource):
 
     def prune(self, asset: str, keep_work: Path | None = None) -> list[Path]:
         """Remove `asset`'s run folders beyond the newest `keep_runs` (never a linked one) and its stale work
-        folders (not `keep_work`); returns what was removed."""
+        folders (not `keep_work`), and `_work` itself once empty; returns what was removed."""
         folder = self.asset_dir(asset)
         if not folder.is_dir():
             return []
@@ -130,6 +130,8 @@ class ModelStore(dg.ConfigurableResource):
             removed += [p for p in work.iterdir() if p != keep_work and p.is_dir() and _last_touched(p) < cutoff]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
+        if work.is_dir() and not any(work.iterdir()):
+            work.rmdir()  # a finished run removes its own work folder; an empty `_work` is left by no one
         return removed
 
     def _link(self, asset: str, name: str, target: Path) -> Path:
