@@ -1,5 +1,6 @@
 """The `compute` (GPU) and `models` (checkpoint store) resources."""
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -130,7 +131,7 @@ class ModelStore(dg.ConfigurableResource):
             removed += [p for p in work.iterdir() if p != keep_work and p.is_dir() and _last_touched(p) < cutoff]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
-        if work.is_dir() and not any(work.iterdir()):
+        with contextlib.suppress(OSError):  # not there, or not empty: another run of this asset is training
             work.rmdir()  # a finished run removes its own work folder; an empty `_work` is left by no one
         return removed
 
