@@ -458,21 +458,23 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(workdir, warehouse_d
     work = workdir / "models" / "thread_model" / "_work"
     deadline = time.monotonic() + 180
     checkpoints: list[Path] = []
+    # Wait for a finished save (its progress marker is written after the trainer's files) at step 8 or later: a
+    # checkpoint that only has trainer_state.json may still be mid-save and would be skipped on resume.
     while time.monotonic() < deadline and child.poll() is None:
-        checkpoints = [p for p in work.glob("*/checkpoint-*") if (p / "trainer_state.json").exists()]
+        checkpoints = [p.parent for p in work.glob(f"*/checkpoint-*/{train.PROGRESS_FILE}")]
         if any(int(p.name.split("-")[1]) >= 8 for p in checkpoints):
             break
         time.sleep(0.2)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert checkpoints, "no checkpoint was written before the kill"
+    assert checkpoints, "no complete checkpoint was written before the kill"
     # A kill in the middle of a save leaves a newest checkpoint without the files written last: resume skips it.
-    complete = sorted(work.glob("*/checkpoint-*/threadembed_progress.json"), key=lambda p: int(p.parent.name[11:]))
+    complete = sorted(work.glob(f"*/checkpoint-*/{train.PROGRESS_FILE}"), key=lambda p: int(p.parent.name[11:]))
     complete = [p.parent for p in complete]
     cut_off = complete[-1].with_name(f"checkpoint-{int(complete[-1].name.split('-')[1]) + 1000}")
     shutil.copytree(complete[-1], cut_off)
-    (cut_off / "threadembed_progress.json").unlink()
-    spent = json.loads((complete[-1] / "threadembed_progress.json").read_text())["budget_spent_s"]
+    (cut_off / train.PROGRESS_FILE).unlink()
+    spent = json.loads((complete[-1] / train.PROGRESS_FILE).read_text())["budget_spent_s"]
     assert not (workdir / "models" / "thread_model" / "latest").exists()  # nothing half-published
 
     relaunch = materialize_source(
