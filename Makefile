@@ -36,9 +36,10 @@ test: install
 	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m pytest -q
 
+# The whole tree, the README's Python blocks included.
 lint: install
-	$(BIN)/ruff check threadembed_assets threadembed_assets_tests bench
-	$(BIN)/ruff format --check threadembed_assets threadembed_assets_tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Search the source's conversation index (built by `make run`): make search Q="grub broke after a kernel update"
 search: install
