@@ -11,20 +11,29 @@ export THREADEMBED_MODELS_DIR ?= models
 
 .PHONY: run test eval ui lint install search serve
 
+# The local Dagster instance (telemetry off, see dagster.yaml), so the first screens are the product's own.
+INSTANCE := $(DAGSTER_HOME)/dagster.yaml
+$(INSTANCE): dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
 install: $(VENV)/.installed
 
-# pip takes torch 2.13.0 (CPU) from the local disk first, so nothing pulls a CUDA build.
+# Where pip takes torch 2.13.0 from. Unset: pip's own configuration decides (a machine whose pip finds local CPU
+# wheels gets the CPU build). On a plain Linux machine PyPI's torch is the CUDA build (gigabytes of GPU libraries):
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for CPU wheels, .../whl/cu126 for a GPU.
+TORCH_INDEX_URL ?=
+
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 # TQDM_DISABLE: progress comes as one log line per stage and step interval, not as interleaved progress bars.
-run: install
-	@mkdir -p $(DAGSTER_HOME)
+run: install $(INSTANCE)
 	TQDM_DISABLE=1 $(BIN)/python -m threadembed_assets.run --source $(SOURCE) --preset $(PRESET)
 
 # The quality yardstick: every published model, the base model and the baselines on held-out IRC and Slack chat
@@ -32,8 +41,7 @@ run: install
 eval: install
 	$(BIN)/python bench/quality.py
 
-test: install
-	@mkdir -p $(DAGSTER_HOME)
+test: install $(INSTANCE)
 	$(BIN)/python -m pytest -q
 
 # The whole tree, the README's Python blocks included.
@@ -51,6 +59,5 @@ PORT ?= 8000
 serve: install
 	$(BIN)/python -m threadembed_assets.search.http --source $(SOURCE) --port $(PORT)
 
-ui: install
-	@mkdir -p $(DAGSTER_HOME)
+ui: install $(INSTANCE)
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

@@ -117,7 +117,8 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
                 + ", ".join(
                     f"{kind} {learners[kind]} dev MRR@10 {meta[f'dev_mrr@10_{kind}'].value}" for kind in learners
                 )
-                + f"  ({meta['path'].value})"
+                + f"; fit on {meta['fit_queries'].value} {meta['fit_split'].value}-split queries, chosen on "
+                f"{meta['choice_queries'].value} other dev queries  ({meta['path'].value})"
             )
         if name == "onnx_model":
             lines.append(
@@ -132,8 +133,10 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
         if name == "conversation_index":
             lines.append(
                 f"conversation_index: {meta['dagster/row_count'].value} conversations, ANN recall@10 "
-                f"{meta['ann_recall@10'].value}, is_new balanced accuracy {meta['is_new_balanced_accuracy'].value}, "
-                f'ranker {meta["ranker"].value}; search it: make search Q="..."  ({meta["path"].value})'
+                f"{meta['ann_recall@10'].value} (held-out messages as queries), is_new balanced accuracy "
+                f"{meta['is_new_balanced_accuracy'].value} on test messages (tuned on dev: "
+                f"{meta['is_new_balanced_accuracy_tuning'].value}), ranker {meta['ranker'].value}; "
+                f'search it: make search Q="..."  ({meta["path"].value})'
             )
         if name in STAGES:
             verdict = "published" if meta["published"].value else "not published, kept its start model"
@@ -149,18 +152,31 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(lines + scores)
 
 
+def step_seconds(instance: dg.DagsterInstance, run_id: str) -> str:
+    """`seconds per step: thread_model 471, ...`: how long each asset (and check) of the run took, in run order."""
+    stats = sorted(
+        (step for step in instance.get_run_step_stats(run_id) if step.start_time and step.end_time),
+        key=lambda step: step.start_time,
+    )
+    parts = [f"{step.step_key} {step.end_time - step.start_time:.0f}" for step in stats]
+    total = stats[-1].end_time - stats[0].start_time if stats else 0.0
+    return f"seconds per step ({total / 60:.1f} min in all): {', '.join(parts)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress goes to the Dagster log, not progress bars
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="ubuntu_irc", choices=sorted(SOURCES))
     parser.add_argument("--preset", default="cpu", choices=sorted(MINING_ANCHORS))
     args = parser.parse_args(argv)
-    result = run_pipeline(args.source, args.preset, dg.DagsterInstance.get())
+    instance = dg.DagsterInstance.get()
+    result = run_pipeline(args.source, args.preset, instance)
     for event in result.all_events:
         if event.is_step_failure:
             print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
     print(summary(args.source, result))
+    print(step_seconds(instance, result.run_id))
     return 0 if result.success else 1
 
 

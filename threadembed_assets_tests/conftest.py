@@ -9,6 +9,8 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
+from threadembed_assets.settings import exit_quietly
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
@@ -132,3 +134,18 @@ def query(warehouse: Path, sql: str, params: dict | None = None) -> list[tuple]:
     """Rows of a read-only query on the warehouse file."""
     with duckdb.connect(str(warehouse), read_only=True) as con:
         return con.execute(sql, params or {}).fetchall()
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process once pytest has reported, without the interpreter's teardown, whose DuckDB bindings
+    print dozens of "leaked" lines under the summary (as the command lines do, see `exit_quietly`)."""
+    if _EXIT_STATUS in config.stash:
+        exit_quietly(config.stash[_EXIT_STATUS])

@@ -11,7 +11,15 @@ import pytest
 
 from threadembed_assets.benchmark.__main__ import main as benchmark_cli
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.metrics import paired_test, per_query, ranks_of_relevant, summarize, verdict
+from threadembed_assets.benchmark.metrics import (
+    bootstrap_interval,
+    holm,
+    paired_test,
+    per_query,
+    ranks_of_relevant,
+    summarize,
+    verdict,
+)
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     line_windows,
@@ -21,8 +29,15 @@ from threadembed_assets.benchmark.retrievers import (
     time_prior,
     windowed_scores,
 )
-from threadembed_assets.benchmark.score import headline_scores, results_markdown, score_all, score_rows, scored
-from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks
+from threadembed_assets.benchmark.score import (
+    headline_scores,
+    query_clusters,
+    results_markdown,
+    score_all,
+    score_rows,
+    scored,
+)
+from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks, split_by_conversation
 from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.warehouse.provenance import train_conversations, write_provenance
 from threadembed_assets_tests.conftest import materialize_source
@@ -82,7 +97,34 @@ def test_paired_verdicts_need_a_significant_difference_on_the_same_queries():
     good = np.eye(20)
     results = [scored("bm25", "bm25", None, task, -good), scored("m", "dense", 384, task, good)]
     table = results_markdown(results)
-    assert "| m | dense | 1.000 ▲ |" in table and "| bm25 | bm25 | 0.000 |" in table
+    assert "| m | dense | 1.000 ▲† |" in table and "| bm25 | bm25 | 0.000 |" in table
+
+
+def test_holm_adjusts_each_p_value_for_the_comparisons_of_its_table():
+    adjusted = holm([0.01, 0.04, 0.03, 0.5])
+    # Sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08, 0.5; then never below the one before.
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.9, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_intervals_resample_whole_channel_days_when_queries_cluster():
+    # 10 channel-days of 30 queries each, all alike within a day: 10 observations, not 300.
+    day_values = np.random.default_rng(0).random(10)
+    values = np.repeat(day_values, 30)
+    clusters = np.repeat([f"#c/{day}" for day in range(10)], 30)
+    _, plain_low, plain_high = bootstrap_interval(values, 2000)
+    mean, low, high = bootstrap_interval(values, 2000, clusters=clusters)
+    assert mean == pytest.approx(day_values.mean())
+    assert (high - low) > 3 * (plain_high - plain_low)
+    # Independent queries, one per cluster: the clustered interval is the plain one.
+    _, alone_low, alone_high = bootstrap_interval(values, 2000, clusters=np.arange(300).astype(str))
+    assert alone_high - alone_low == pytest.approx(plain_high - plain_low, rel=0.2)
+
+
+def test_query_clusters_are_channel_days_of_a_source():
+    task = timed_task("thread", ("#x", 86400.0 * 3 + 5, 1), [("#x", [1.0], [0])])
+    task.queries, task.query_channel, task.query_ts = ["a", "b", "c"], ["#x", "#x", None], [86400.0 * 3 + 5, None, 9.0]
+    assert list(query_clusters(task)) == ["s/#x/3", "s/#x/", "s/q2"]  # day 3; time unknown; channel unknown
 
 
 def test_headline_scores_are_plain_numbers_per_task_and_model():
@@ -317,3 +359,14 @@ def test_embedding_cache_encodes_each_text_once(tmp_path):
     again = cache.encode(Counting(), "m", ["bb", "a", "ccc"], 8)
     cache.close()
     assert Counting.calls == 3 and first[1].tolist() == [2.0, 1.0] and again[2].tolist() == [3.0, 1.0]
+
+
+def test_a_task_splits_by_conversation_into_disjoint_halves():
+    task = toy_task()
+    task.conversations = [f"c{i // 2}" for i in range(len(task.queries))]  # two queries per conversation
+    fit, choose = split_by_conversation(task, 0.5)
+    assert len(fit.queries) + len(choose.queries) == len(task.queries) and fit.queries and choose.queries
+    assert not set(fit.conversations) & set(choose.conversations)  # a conversation's queries stay on one side
+    assert fit.docs == task.docs and sorted(fit.queries + choose.queries) == sorted(task.queries)
+    again, _ = split_by_conversation(task, 0.5)
+    assert again.queries == fit.queries  # stable

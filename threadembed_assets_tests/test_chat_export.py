@@ -12,6 +12,7 @@ import pytest
 from threadembed_assets.sources.chat_export import EmptyImportsError, detect_format, read_imports
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
 from threadembed_assets.sources.config import SourceConfigError
+from threadembed_assets.sources.irc import irc_channel
 from threadembed_assets_tests.conftest import materialize_source, raw_rows
 
 LIMIT = 10 * 1024 * 1024
@@ -383,3 +384,117 @@ def test_zip_whose_header_lies_about_its_size_is_stopped_on_the_bytes_read(tmp_p
     path.write_bytes(bytes(data))
     rows = read(tmp_path, max_archive_bytes=1_000_000)
     assert len(rows) == 1 and rows[0]["error"].split(":")[0] in {"archive_too_large", "malformed_archive"}
+
+
+def warehouse_rows(warehouse, sql: str) -> list[tuple]:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def rows_in_equal_rows_kept(warehouse, lines_in: int) -> None:
+    """Every line handed in is a message or a quarantined row: nothing lost, nothing merged away."""
+    kept = warehouse_rows(
+        warehouse,
+        "SELECT (SELECT count(*) FROM messages WHERE source = 'chat_export')"
+        " + (SELECT count(*) FROM quarantine WHERE source = 'chat_export')",
+    )
+    assert kept == [(lines_in,)]
+
+
+def test_bouncer_irc_tree_keeps_channels_apart_and_days_of_a_channel_together(workdir, warehouse_db):
+    network = workdir / "data" / "imports" / "libera"
+    for channel, day, lines in [
+        ("#ubuntu", "2019-05-04", ["[23:50] <ann> grub is gone after the update", "[23:58] <bob> ann: live usb"]),
+        ("#ubuntu", "2019-05-05", ["[00:03] <ann> bob: booted, now what", "[00:05] <bob> ann: chroot in"]),
+        ("#debian", "2019-05-04", ["[23:51] <cid> apt is stuck", "[23:52] <dee> cid: dpkg --configure -a"]),
+    ]:
+        (network / channel).mkdir(parents=True, exist_ok=True)
+        (network / channel / f"{day}.log").write_text("\n".join(lines) + "\n")
+    assert materialize_source("chat_export", warehouse_db).success
+    rows_in_equal_rows_kept(warehouse_db, 6)
+    assert warehouse_rows(warehouse_db, "SELECT count(*) FROM quarantine") == [(0,)]
+    by_channel = warehouse_rows(
+        warehouse_db,
+        "SELECT channel, count(*), count(DISTINCT conversation_id) FROM messages GROUP BY 1 ORDER BY 1",
+    )
+    # One conversation in #ubuntu across midnight (a 5-minute silence), one in #debian, none mixed.
+    assert by_channel == [("#debian", 2, 1), ("#ubuntu", 4, 1)]
+
+
+@pytest.mark.parametrize(
+    ("relative", "head", "channel"),
+    [
+        ("libera/#ubuntu/2019-05-04.log", "", "#ubuntu"),
+        ("logs/2019-05-04.log", "Session Start: Sat May 04 10:00:00 2019\nSession Ident: #kde\n", "#kde"),
+        ("logs/2019-05-04.log", "**** BEGIN LOGGING AT Sat May  4 10:00:00 2019\n* Now talking on #gnome\n", "#gnome"),
+        ("libera/#ubuntu-2019-05-04.log", "", "#ubuntu"),
+        ("irc.libera.#python.weechatlog", "", "#python"),
+        ("znc_libera_#ubuntu_20190504.log", "", "#ubuntu"),
+        ("fedora/20190504.log", "", "fedora"),
+    ],
+)
+def test_irc_channel_from_folder_header_or_name_without_its_date(tmp_path, relative, head, channel):
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "[10:00] <ann> hi\n")
+    assert irc_channel(path, tmp_path) == channel
+
+
+def test_chat_jsonl_ids_are_per_file_so_repeated_ids_neither_collide_nor_link(workdir, warehouse_db):
+    imports = workdir / "data" / "imports"
+    for name in ("a.jsonl", "b.jsonl"):  # both files say m0, m1, m2, and m1 and m2 reply to m0
+        lines = [chat_line(i, None, f"{name} {i}", reply_to="m0" if i else None) for i in range(3)]
+        (imports / name).write_text("".join(line + "\n" for line in lines))
+    assert materialize_source("chat_export", warehouse_db).success
+    rows_in_equal_rows_kept(warehouse_db, 6)
+    assert warehouse_rows(warehouse_db, "SELECT count(*) FROM quarantine") == [(0,)]
+    replies = warehouse_rows(
+        warehouse_db, "SELECT message_id, reply_to FROM messages WHERE reply_to IS NOT NULL ORDER BY 1"
+    )
+    assert replies == [("a.jsonl:m1", "a.jsonl:m0"), ("a.jsonl:m2", "a.jsonl:m0")] + [
+        ("b.jsonl:m1", "b.jsonl:m0"),
+        ("b.jsonl:m2", "b.jsonl:m0"),
+    ]
+    conversations = warehouse_rows(
+        warehouse_db, "SELECT list(DISTINCT text[1]) FROM messages GROUP BY conversation_id ORDER BY 1"
+    )
+    assert conversations == [(["a"],), (["b"],)]  # each file's reply chain is its own conversation
+
+
+def discord_export(guild: tuple[str, str], channel: tuple[str, str], texts: list[str]) -> dict:
+    """A DiscordChatExporter JSON export of one channel (`(id, name)` of its server and of itself)."""
+    messages = [
+        {
+            "id": f"{channel[0]}{i}",
+            "type": "Default",
+            "timestamp": f"2024-01-01T10:0{i}:00+00:00",
+            "content": text,
+            "author": {"id": str(i % 2), "name": f"user{i % 2}", "nickname": f"user{i % 2}"},
+        }
+        for i, text in enumerate(texts)
+    ]
+    return {
+        "guild": {"id": guild[0], "name": guild[1], "iconUrl": ""},
+        "channel": {"id": channel[0], "type": "GuildTextChat", "name": channel[1]},
+        "messages": messages,
+        "messageCount": len(messages),
+    }
+
+
+def test_same_named_discord_channels_of_two_servers_stay_apart(workdir, warehouse_db):
+    imports = workdir / "data" / "imports"
+    for guild, channel, texts in [
+        (("100", "Rust"), ("7", "help"), ["borrow checker says no", "show the error"]),
+        (("200", "Python"), ("8", "help"), ["pip is broken", "which version?"]),
+    ]:
+        export = discord_export(guild, channel, texts)
+        (imports / f"{guild[1]} - help [{channel[0]}].json").write_text(json.dumps(export))
+    assert materialize_source("chat_export", warehouse_db).success
+    rows_in_equal_rows_kept(warehouse_db, 4)
+    channels = warehouse_rows(
+        warehouse_db,
+        "SELECT channel, channel_name, count(*), count(DISTINCT conversation_id) FROM messages GROUP BY ALL ORDER BY 1",
+    )
+    assert channels == [("100/7", "Rust / #help", 2, 1), ("200/8", "Python / #help", 2, 1)]
+    named = warehouse_rows(warehouse_db, "SELECT DISTINCT channel_name FROM conversations ORDER BY 1")
+    assert named == [("Python / #help",), ("Rust / #help",)]

@@ -35,7 +35,32 @@ def test_compose_file_wires_postgres_user_code_webserver_and_daemon():
     assert instance["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     assert instance["concurrency"]["pools"]["default_limit"] == 1
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        subprocess.run(["docker", "compose", "-f", str(DOCKER / "docker-compose.yml"), "config", "-q"], check=True)
+        compose_config = ["docker", "compose", "-f", str(DOCKER / "docker-compose.yml"), "config", "-q"]
+        subprocess.run(compose_config, check=True, env={**os.environ, "DAGSTER_POSTGRES_PASSWORD": "s3cret"})
+
+
+def test_the_deployment_publishes_the_ui_on_loopback_and_has_no_default_password():
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    published = compose["services"]["webserver"]["ports"]
+    assert published == ["${DAGSTER_UI_BIND:-127.0.0.1}:3000:3000"]  # host address first: loopback unless told
+    assert all("ports" not in service for name, service in compose["services"].items() if name != "webserver")
+    passwords = [
+        compose["x-dagster-env"]["DAGSTER_POSTGRES_PASSWORD"],
+        compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"],
+    ]
+    # `${VAR:?message}`: compose refuses to start without the variable instead of falling back to a known password.
+    assert all(value.startswith("${DAGSTER_POSTGRES_PASSWORD:?") for value in passwords), passwords
+
+
+def test_make_gives_the_local_instance_its_dagster_yaml_with_telemetry_off(tmp_path, caplog):
+    home = tmp_path / "home"
+    root = DOCKER.parent
+    subprocess.run(["make", "-s", "-C", str(root), str(home / "dagster.yaml"), f"DAGSTER_HOME={home}"], check=True)
+    with caplog.at_level("WARNING", logger="dagster"):
+        instance = dg.DagsterInstance.from_config(str(home))
+    assert not instance.telemetry_enabled
+    assert not [r for r in caplog.records if "No dagster instance configuration file" in r.getMessage()]
+    instance.dispose()
 
 
 def count(port: int, sql: str) -> int:

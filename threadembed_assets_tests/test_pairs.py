@@ -327,7 +327,7 @@ def test_a_question_keeps_its_replies_even_when_they_also_follow_it():
         for position, (message_id, reply_to, author, text) in enumerate(messages):
             con.execute(
                 "INSERT INTO messages VALUES ('s', 'irc', '#c', ?, 'c1', ?, ?, TIMESTAMP '2024-01-01 10:00:00' "
-                "+ to_minutes(?), ?, ?, 'train', 'gold')",
+                "+ to_minutes(?), ?, ?, 'train', 'gold', NULL)",
                 [message_id, reply_to, author, position, position, text],
             )
         build_conversations(con, "s")

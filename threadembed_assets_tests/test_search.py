@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from threadembed_assets.benchmark.retrievers import line_windows
 from threadembed_assets.search import ChatIndex, Hit
+from threadembed_assets.search import http as search_http
+from threadembed_assets.search import index as search_index
 from threadembed_assets.search.__main__ import main as cli_main
-from threadembed_assets.search.http import MAX_TEXT_CHARS, create_app
-from threadembed_assets.search.index import ONNX_MODEL, best_threshold
+from threadembed_assets.search.http import MAX_BODY_BYTES, MAX_TEXT_CHARS, Bounded, IndexHolder, create_app
+from threadembed_assets.search.index import ONNX_MODEL, VectorCache, best_threshold
 from threadembed_assets.search.onnx import FLOAT_FILE, INT8_FILE, OnnxEncoder, export_onnx
 from threadembed_assets.search.store import current_build
 from threadembed_assets.search.vectors import VectorIndex
@@ -113,6 +116,19 @@ def test_is_new_threshold_is_tuned_and_tells_a_reply_from_a_start(index, message
     assert nothing_near == [] and nothing_near.is_new is True  # no conversation of its channel is active near it
 
 
+def test_is_new_is_measured_on_messages_it_was_not_tuned_on(index):
+    kept = dict(index.new_threshold)
+    try:
+        tune_on, held_out = index.conversation_ids[::2], index.conversation_ids[1::2]
+        tuned = index.tune_new_threshold(tune_on, seed=0)
+        # Asked of the very messages it was tuned on, it repeats its tuning score; held out, it is measured afresh.
+        assert index.new_accuracy(tune_on, seed=0)["balanced_accuracy"] == tuned["balanced_accuracy"]
+        other = index.new_accuracy(held_out)
+        assert other["messages"] > 20 and 0.0 <= other["balanced_accuracy"] <= 1.0
+    finally:
+        index.new_threshold = kept
+
+
 def test_best_threshold_separates_first_messages():
     confidences = np.array([0.2, 0.3, 0.35, 0.6, 0.7, 0.8])
     is_new = np.array([True, True, True, False, False, False])
@@ -166,9 +182,11 @@ def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_
 
 
 def test_vector_index_ann_recall_against_exact():
-    vectors = np.random.default_rng(0).normal(size=(3000, 64)).astype(np.float32)
+    vectors = np.random.default_rng(0).normal(size=(3100, 64)).astype(np.float32)
+    vectors, held_out = vectors[:3000], vectors[3000:]
     index = VectorIndex.build(vectors, ann=True)
-    assert index.ann is not None and index.recall(sample=100) >= 0.99
+    # Isotropic random vectors are the ANN's hardest case: asked with its own rows it scores above 0.99, held out 0.94.
+    assert index.ann is not None and index.recall(held_out) >= 0.9
     exact = VectorIndex.build(vectors, ann=False)
     ids, scores = exact.search(vectors[7], 3)
     assert ids[0] == 7 and scores[0] == pytest.approx(1.0, abs=1e-3)
@@ -231,6 +249,156 @@ def test_http_bad_input_gets_a_clear_4xx(client, method, path, payload, status, 
     assert says in response.text
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status", "says"),
+    [
+        ("post", "/thread", {"message": {"text": "hi", "author": "a" * 10_000}}, 422, "author"),
+        ("post", "/thread", {"message": {"text": "hi", "channel": "#" * 10_000}}, 422, "channel"),
+        ("post", "/thread", {"message": {"text": "hi", "timestamp": "2" * 10_000}}, 422, "timestamp"),
+        ("post", "/thread", {"message": {"text": "hi", "attachments": ["x"]}}, 422, "attachments"),
+        ("post", "/thread", {"message": {"text": "hi"}, "debug": True}, 422, "debug"),
+        ("post", "/thread", {"message": {"text": "x" * (MAX_BODY_BYTES + 1)}}, 413, "request body"),
+        ("post", "/next", {"prefix": [{"text": "a"}] * 51, "candidates": [{"text": "b"}]}, 422, "prefix"),
+        ("post", "/next", {"prefix": [{"text": "a"}], "candidates": [{"text": "b"}] * 101}, 422, "candidates"),
+        ("get", "/search", {"q": "x", "channel": "#" * 10_000}, 422, "channel"),
+    ],
+)
+def test_http_refuses_what_would_cost_more_than_its_limits(client, method, path, payload, status, says):
+    response = client.get(path, params=payload) if method == "get" else client.post(path, json=payload)
+    assert response.status_code == status, response.text[:500]
+    assert says in response.text[:2000]
+
+
+def test_a_body_without_a_length_is_counted_as_it_arrives(client):
+    def chunks():
+        yield b'{"message": {"text": "'
+        for _ in range(MAX_BODY_BYTES // 65536 + 1):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    response = client.post("/thread", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_a_bug_is_a_500_with_an_error_id_and_no_internals(client, index, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise KeyError("internal detail: /srv/secret/path")
+
+    monkeypatch.setattr(index, "search", broken)
+    with caplog.at_level("ERROR", logger="threadembed_assets.search.http"):
+        response = client.get("/search", params={"q": "xfce"})
+    assert response.status_code == 500
+    body = response.json()
+    assert body == {"detail": "internal error", "error_id": body["error_id"]} and "secret" not in response.text
+    logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info is not None  # the log keeps the traceback under the same id
+
+
+def test_a_slow_request_is_a_503_and_an_overloaded_server_says_so(index, monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+
+    def blocked(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return []
+
+    monkeypatch.setattr(index, "search", blocked)
+    slow = TestClient(create_app(["irc_sample"], load=lambda s: index, bounded=Bounded(timeout_s=0.2)))
+    answer = slow.get("/search", params={"q": "xfce"})
+    assert answer.status_code == 503 and "longer than" in answer.json()["detail"]
+    release.set()
+
+    entered.clear(), release.clear()
+    one_slot = TestClient(create_app(["irc_sample"], load=lambda s: index, bounded=Bounded(slots=1, wait_s=0.1)))
+    first: list[httpx.Response] = []
+    asker = threading.Thread(target=lambda: first.append(one_slot.get("/search", params={"q": "xfce"})))
+    asker.start()
+    assert entered.wait(60)  # the first request holds the only slot
+    busy = one_slot.get("/search", params={"q": "xfce"})
+    assert busy.status_code == 503 and "busy" in busy.json()["detail"] and busy.headers["retry-after"] == "1"
+    release.set()
+    asker.join(60)
+    assert first[0].status_code == 200
+
+
+def test_thread_of_a_message_with_no_channel_or_time_encodes_a_bounded_number_of_texts(index, monkeypatch):
+    monkeypatch.setattr(search_index, "MAX_THREAD_CANDIDATES", 5)
+    assert len(index.docs) > 20
+    before = index.cache.misses
+    hits = index.thread_of({"text": "my xfce panel disappeared"}, k=50)
+    assert 0 < len(hits) <= 5
+    # The query, then at most the windows of the 5 longest conversations (their whole texts come from the index).
+    longest = sorted(index.docs, key=len, reverse=True)[:5]
+    assert index.cache.misses - before <= 1 + len(line_windows(longest)[0])
+    # With a time, the candidates are the conversations nearest to it.
+    at = float(np.nanmedian(index.starts))
+    hits = index.thread_of({"text": "my xfce panel disappeared", "timestamp": at}, k=50)
+    gap = np.fmax(np.fmax(index.starts - at, at - index.ends), 0.0)
+    nearest = {index.conversation_ids[i] for i in np.argsort(gap, kind="stable")[:5]}
+    assert {hit.conversation_id for hit in hits} <= nearest
+
+
+def test_the_cache_keeps_the_most_recently_used_texts():
+    cache = VectorCache(capacity=3)
+    vector = np.ones(2, dtype=np.float32)
+    cache.store("m", {"a": vector, "b": vector, "c": vector})
+    assert set(cache.lookup("m", ["a"])) == {"a"}  # a is now the most recent
+    cache.store("m", {"d": vector})
+    assert set(cache.lookup("m", ["a", "b", "c", "d"])) == {"a", "c", "d"}  # b, the least recent, went
+
+
+def test_a_build_that_lands_while_the_index_loads_is_picked_up(monkeypatch):
+    builds = {"current": Path("build-1")}
+    monkeypatch.setattr(search_http, "current_build", lambda source: builds["current"])
+    loaded = []
+
+    def load(source):
+        loaded.append(builds["current"])
+        if len(loaded) == 1:
+            builds["current"] = Path("build-2")  # published while the first load was reading build-1
+        return f"index {len(loaded)}"
+
+    holder = IndexHolder("irc", load)
+    holder.get()  # sees build-2 on disk, newer than the build-1 it loaded
+    holder.reloader.join(60)
+    assert loaded == [Path("build-1"), Path("build-2")]
+    assert holder.build == Path("build-2") and holder.get() == "index 2"
+
+
+def test_a_failed_reload_backs_off_before_trying_again(monkeypatch):
+    builds = {"current": Path("build-1")}
+    monkeypatch.setattr(search_http, "current_build", lambda source: builds["current"])
+    now, tries = [0.0], []
+
+    def load(source):
+        tries.append(now[0])
+        if len(tries) > 1 and len(tries) < 4:
+            raise OSError("the new build is unreadable")
+        return f"index {len(tries)}"
+
+    holder = IndexHolder("irc", load, clock=lambda: now[0])
+    builds["current"] = Path("build-2")
+
+    def ask_many_times() -> None:
+        for _ in range(20):
+            assert holder.get() == "index 1"  # the old index answers meanwhile
+            if holder.reloader is not None:
+                holder.reloader.join(60)
+
+    ask_many_times()
+    assert len(tries) == 2  # one failed reload, not one per request
+    first_wait = search_http.RELOAD_BACKOFF_S[0]
+    now[0] = first_wait - 0.1
+    ask_many_times()
+    assert len(tries) == 2
+    now[0] = first_wait
+    ask_many_times()
+    assert len(tries) == 3  # failed again: the wait doubles
+    now[0] = first_wait + 2 * first_wait
+    holder.get(), holder.reloader.join(60)
+    assert len(tries) == 4 and holder.get() == "index 4" and holder.build == Path("build-2")
+
+
 def test_cli_prints_hits_and_json(workdir, capsys):
     code = cli_main(["xfce", "--source", "nowhere"])
     assert code == 2 and "no warehouse" in capsys.readouterr().err
@@ -260,7 +428,15 @@ def run_imports_job(instance: dg.DagsterInstance) -> None:
     assert isinstance(request, dg.RunRequest)
     defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=[chat_export_job], resources=build_resources())
     job = defs.resolve_job_def(imports_sensor.job_name)
-    result = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+    # A later import adds other conversations, so the pair tables' rates move by more than the 2% that blocks a
+    # regression of the same data; these tests are about what the job serves, so they allow 10%.
+    allow_drift = {"config": {"rate_tolerance": 0.10}}
+    checks = {
+        f"{table}_pair_quality": allow_drift for table in ("thread_pairs", "query_response_pairs", "temporal_pairs")
+    }
+    result = job.execute_in_process(
+        instance=instance, partition_key=request.partition_key, tags=request.tags, run_config={"ops": checks}
+    )
     assert result.success
     assert any(e.asset_key == dg.AssetKey("conversation_index") for e in result.get_asset_materialization_events())
 
@@ -294,11 +470,17 @@ def test_real_server_serves_and_reloads_after_new_imports_without_dropping_reque
             assert httpx.get(f"{base}/search", params={"q": "xfce panel"}, timeout=30).json()["hits"]
 
             statuses: list[int] = []
+            failures: list[BaseException] = []  # an error in the asking thread would otherwise end it unseen
             stop = threading.Event()
 
             def keep_asking():
                 while not stop.is_set():
-                    statuses.append(httpx.get(f"{base}/search", params={"q": "sound card"}, timeout=60).status_code)
+                    try:
+                        answer = httpx.get(f"{base}/search", params={"q": "sound card"}, timeout=60)
+                    except BaseException as exc:  # noqa: BLE001 - every failure is the test's to report
+                        failures.append(exc)
+                        return
+                    statuses.append(answer.status_code)
 
             asker = threading.Thread(target=keep_asking)
             asker.start()
@@ -315,6 +497,7 @@ def test_real_server_serves_and_reloads_after_new_imports_without_dropping_reque
             stop.set()
             asker.join()
             assert after["conversations"] > health["sources"]["chat_export"]["conversations"]
+            assert failures == []
             assert statuses and set(statuses) == {200}  # every request during the reload was answered
         finally:
             os.killpg(server.pid, signal.SIGTERM)

@@ -21,7 +21,7 @@ import zstandard
 from threadembed_assets.sources import assets as raw_assets
 from threadembed_assets.sources import registry
 from threadembed_assets.sources.config import RawSourceConfig, SourceConfigError
-from threadembed_assets.sources.hub import HubUnavailableError
+from threadembed_assets.sources.hub import HubUnavailableError, is_transient
 from threadembed_assets.sources.irc import irc_disentangle_rows
 from threadembed_assets.sources.raw_cache import raw_cache_stats
 from threadembed_assets.sources.registry import SOURCES, UBUNTU_IRC_FILE
@@ -106,6 +106,47 @@ def test_hub_streams_retry_with_backoff_and_local_sources_do_not(workdir, monkey
     exhausted = with_loader(monkeypatch, "flyte_slack", always_drops)
     assert calls.count("flyte_slack") == 1 + raw_assets.HUB_RETRIES
     assert step_failure(exhausted).cause.cls_name == "ConnectionError"  # the last try's own error, not a retry request
+
+
+def test_a_loader_bug_on_a_hub_stream_fails_at_once_with_its_traceback(workdir, monkeypatch):
+    calls = []
+
+    def schema_changed(spec, config):
+        calls.append(spec.key)
+        raise KeyError("messages")  # the upstream renamed a column: no retry can pass
+
+    failed = with_loader(monkeypatch, "ultrachat", schema_changed)
+    assert calls == ["ultrachat"]
+    assert step_failure(failed).cause.cls_name == "KeyError" and step_failure(failed).cause.stack
+
+
+class HTTPAnswer(OSError):
+    """An HTTP client's error carrying the server's answer, as huggingface_hub's HfHubHTTPError does."""
+
+    def __init__(self, status: int):
+        super().__init__(f"HTTP {status}")
+        self.response = type("Response", (), {"status_code": status})()
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ConnectionError("reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (HTTPAnswer(503), True),
+        (HTTPAnswer(429), True),
+        (HTTPAnswer(404), False),
+        (HTTPAnswer(401), False),
+        (ValueError("a bug"), False),
+        (FileNotFoundError("no such file"), False),
+    ],
+)
+def test_only_network_failures_are_transient(error, transient):
+    assert is_transient(error) is transient
+    try:  # the same error wrapped by a loader keeps its verdict
+        raise RuntimeError("stream broke") from error
+    except RuntimeError as wrapped:
+        assert is_transient(wrapped) is transient
 
 
 def test_irc_disentangle_conversations_from_connections(tmp_path):

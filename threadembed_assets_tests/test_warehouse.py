@@ -127,15 +127,16 @@ def test_conversations_are_derived_from_reply_chains_then_time_gaps(workdir, war
     rows[7]["message_id"] = "g1"
     write_jsonl(workdir / "data" / "imports" / "derive.jsonl", rows)
     assert materialize_source("chat_export", warehouse_db, load_config={"gap_minutes": 30}).success
-    assigned = dict(
-        query(warehouse_db, "SELECT message_id, conversation_id || '|' || conversation_method FROM messages")
-    )
-    assert assigned["m0"] == assigned["m1"] == assigned["m2"] == "chain:m0|reply_chain"
+    ids = "SELECT replace(message_id, 'derive.jsonl:', ''), conversation_id || '|' || conversation_method FROM messages"
+    assigned = dict(query(warehouse_db, ids))  # every id of the file carries its name: `derive.jsonl:m0`
+    assert assigned["m0"] == assigned["m1"] == assigned["m2"] == "chain:derive.jsonl:m0|reply_chain"
     assert assigned["m3"] == assigned["m4"] != assigned["m5"]
     assert assigned["m3"].endswith("|time_gap") and assigned["m5"].endswith("|time_gap")
     assert assigned["m6"] == "derive.jsonl:gold-1|reply_chain" and assigned["g1"] == "derive.jsonl:gold-1|gold"
-    positions = query(warehouse_db, "SELECT message_id, position FROM messages WHERE conversation_id = 'chain:m0'")
-    assert sorted(positions) == [("m0", 0), ("m1", 1), ("m2", 2)]
+    positions = query(
+        warehouse_db, "SELECT message_id, position FROM messages WHERE conversation_id = 'chain:derive.jsonl:m0'"
+    )
+    assert sorted(positions) == [("derive.jsonl:m0", 0), ("derive.jsonl:m1", 1), ("derive.jsonl:m2", 2)]
 
 
 def test_split_is_stable_per_conversation(workdir, warehouse_db):
@@ -180,8 +181,9 @@ def test_empty_imports_fail_the_raw_asset_with_a_clear_message(workdir, warehous
 
 
 def gap_ids(warehouse) -> dict[str, str]:
+    """Message id -> derived conversation id, by the ids the file gave (the warehouse prefixes the file's name)."""
     rows = query(warehouse, "SELECT message_id, conversation_id FROM messages WHERE conversation_method = 'time_gap'")
-    return dict(rows)
+    return {message_id.split(":", 1)[1]: conversation_id for message_id, conversation_id in rows}
 
 
 def test_time_gap_conversation_ids_survive_earlier_data_and_a_new_gap(workdir, warehouse_db):

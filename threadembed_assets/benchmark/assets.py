@@ -34,7 +34,7 @@ from threadembed_assets.benchmark.score import (
     score_rows,
     verdict_rows,
 )
-from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks, task_kind
+from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks, split_by_conversation, task_kind
 from threadembed_assets.chat.features import FEATURES
 from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.training.assets import STAGES, hard_negative_model, retrieval_model, thread_model
@@ -71,7 +71,13 @@ VERDICT_COLUMNS = {
     **{
         f"vs_{b}{part}": kind
         for b in VERSUS
-        for part, kind in [("_delta", "DOUBLE"), ("_p", "DOUBLE"), ("", "VARCHAR")]
+        for part, kind in [
+            ("_delta", "DOUBLE"),
+            ("_p", "DOUBLE"),
+            ("", "VARCHAR"),
+            ("_holm_p", "DOUBLE"),
+            ("_holds", "BOOLEAN"),
+        ]
     },
 }
 
@@ -96,7 +102,7 @@ def replace_run_rows(
         con.unregister("new_rows")
 
 
-_ARROW = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "DOUBLE": pa.float64()}
+_ARROW = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}
 
 
 def tasks_path() -> Path:
@@ -122,12 +128,20 @@ class RankerConfig(TaskConfig):
     """Run config of `chat_ranker`: how its train- and dev-split tasks are cut (as the benchmark's) and which
     learners it tries."""
 
-    max_queries: int = Field(default=300, description="Queries per task, source and split to fit and choose on.")
+    max_queries: int = Field(default=600, description="Queries per task, source and split to fit and choose on.")
     held_out_platform: str = Field(
         default="",
         description="Empty: the ranker fits on every platform's tasks, and `<task>@<platform>` tasks would only "
         "repeat their queries.",
     )
+    fit_split: str = Field(
+        default="dev",
+        description="Split whose queries the ranker learns from. `dev`: conversations no stage trained on, so the "
+        "model's similarities are what they will be on new chat; a `fit_share` of its conversations fit, the rest "
+        "choose the learner. `train`: the train split fits and dev chooses (the model's similarities on its own "
+        "training conversations are inflated, so the ranker over-trusts them).",
+    )
+    fit_share: float = Field(default=0.5, description="`fit_split: dev`: share of dev conversations that fit.")
     learners: list[str] = Field(default=list(LEARNERS), description="Learners to fit per task; the best on dev wins.")
     min_platform_queries: int = Field(
         default=100,
@@ -212,18 +226,27 @@ def chat_ranker(
     models: ModelStore,
 ) -> dg.MaterializeResult:
     """A learned combination of the latest model's similarity, BM25 and the chat signals (time gap, active span,
-    authors, mentions, reply links, size) per task: fitted on train-split thread and response tasks built like the
-    benchmark's, the learner (logistic regression or boosted trees) chosen on dev-split tasks, and published as
-    `models/chat_ranker/latest` with its feature list, weights and dev scores."""
+    authors, mentions, reply links, size) per task: fitted on dev-split thread and response tasks built like the
+    benchmark's (conversations the model never trained on, so its similarities are as they will be on new chat),
+    the learner (logistic regression or boosted trees) chosen on other dev conversations, and published as
+    `models/chat_ranker/latest` with its feature list, weights and scores on those conversations."""
+    if config.fit_split not in ("dev", "train"):
+        raise dg.Failure(description=f"chat_ranker: fit_split is `dev` or `train`, not {config.fit_split!r}")
     model_path = ranker_model(models)
     with connect(warehouse, read_only=True) as con:
-        splits = {split: all_tasks(con, [split], config) for split in ("train", "dev")}
+        if config.fit_split == "dev":
+            halves = [split_by_conversation(t, config.fit_share) for t in all_tasks(con, ["dev"], config)]
+            splits = {"train": [fit for fit, _ in halves], "dev": [choose for _, choose in halves]}
+        else:
+            splits = {split: all_tasks(con, [split], config) for split in (config.fit_split, "dev")}
         learned = train_conversations(con, sorted({t.source for t in splits["train"]}))
     by_split = {
         split: [t for t in tasks if task_kind(t.name) in RANKED_KINDS and t.queries] for split, tasks in splits.items()
     }
     if not by_split["train"]:
-        raise dg.Failure(description="chat_ranker: no train-split thread or response tasks (conversations of 3+)")
+        raise dg.Failure(
+            description=f"chat_ranker: no {config.fit_split}-split thread or response tasks (conversations of 3+)"
+        )
     model, key = load_model(model_path, compute.resolve_device()), model_key(model_path)
     cache = EmbeddingCache(default_cache_path())
     features: dict[str, list] = {split: [] for split in by_split}
@@ -250,7 +273,12 @@ def chat_ranker(
     ranker.save(folder)
     record = write_provenance(folder, learned, [], read_provenance(model_path))
     models.publish(CHAT_RANKER, folder)
-    return dg.MaterializeResult(metadata=_ranker_metadata(ranker, folder, record))
+    fitted_on = {
+        "fit_split": config.fit_split,
+        "fit_queries": sum(len(t.queries) for t in by_split["train"]),
+        "choice_queries": sum(len(t.queries) for t in by_split["dev"]),
+    }
+    return dg.MaterializeResult(metadata={**_ranker_metadata(ranker, folder, record), **fitted_on})
 
 
 @dg.asset(

@@ -31,29 +31,48 @@ def per_query(ranks: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _resamples(n_values: int, n_bootstrap: int, seed: int) -> np.ndarray | None:
-    """Bootstrap resamples of query indices (None when there are no queries)."""
-    if not n_values:
-        return None
-    return np.random.default_rng(seed).integers(0, n_values, size=(n_bootstrap, n_values))
+def bootstrap_means(
+    values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0, clusters: np.ndarray | None = None
+) -> np.ndarray:
+    """Means of `values` over bootstrap resamples: of queries, or, where `clusters` labels each query (its channel
+    and day), of whole clusters, since queries of one channel-day are not independent of each other."""
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        return values[rng.integers(0, len(values), size=(n_bootstrap, len(values)))].mean(axis=1)
+    _, label = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    sums, counts = np.bincount(label, weights=values), np.bincount(label)
+    picks = rng.integers(0, len(sums), size=(n_bootstrap, len(sums)))
+    return sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
 
 
-def _interval(values: np.ndarray, resamples: np.ndarray | None) -> tuple[float, float, float]:
-    if resamples is None:
+def bootstrap_interval(
+    values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0, clusters: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """Mean of per-query values and its bootstrap 95% interval (over clusters of queries where given)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
         return 0.0, 0.0, 0.0
-    means = values[resamples].mean(axis=1)
+    means = bootstrap_means(values, n_bootstrap, seed, clusters)
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def bootstrap_interval(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of per-query values and its bootstrap 95% interval over queries."""
-    return _interval(values, _resamples(len(values), n_bootstrap, seed))
+def summarize(
+    ranks: np.ndarray, n_bootstrap: int = 1000, seed: int = 0, clusters: np.ndarray | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """Metric -> (mean, 95% CI low, 95% CI high) by bootstrap over queries, or over their `clusters` (one set of
+    resamples for every metric: the same seed draws the same resamples)."""
+    return {name: bootstrap_interval(vector, n_bootstrap, seed, clusters) for name, vector in per_query(ranks).items()}
 
 
-def summarize(ranks: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
-    """Metric -> (mean, 95% CI low, 95% CI high) by bootstrap over queries (one set of resamples for every metric)."""
-    resamples = _resamples(len(ranks), n_bootstrap, seed)
-    return {name: _interval(vector, resamples) for name, vector in per_query(ranks).items()}
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of p-values for testing them together: a verdict whose adjusted p-value is below
+    alpha keeps the family-wise error rate at alpha over every comparison of its table."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order]))
+    adjusted = np.empty_like(p)
+    adjusted[order] = stepped
+    return adjusted
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, n_resamples: int = 5000, seed: int = 0) -> tuple[float, float]:

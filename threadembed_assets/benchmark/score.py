@@ -8,6 +8,7 @@ import numpy as np
 
 from threadembed_assets.benchmark.metrics import (
     bootstrap_interval,
+    holm,
     paired_test,
     per_query,
     ranks_of_relevant,
@@ -265,8 +266,23 @@ def score_rows(results: list[Scored], n_bootstrap: int = 1000) -> list[dict]:
             "queries": len(r.task.queries),
         }
         for r in results
-        for metric, (value, low, high) in summarize(r.ranks, n_bootstrap).items()
+        for metric, (value, low, high) in summarize(r.ranks, n_bootstrap, clusters=query_clusters(r.task)).items()
     ]
+
+
+def query_clusters(task: Task) -> np.ndarray:
+    """What a task's queries were drawn by: `<source>/<channel>/<UTC day>` (the channel alone where a query's time
+    is unknown; each query alone where its channel is). Intervals resample these clusters whole."""
+    channels = task.query_channel or [None] * len(task.queries)
+    times = task.query_ts or [None] * len(task.queries)
+    return np.array(
+        [
+            f"{task.source}/q{i}"
+            if channel is None
+            else f"{task.source}/{channel}/{'' if ts is None else int(ts // 86400)}"
+            for i, (channel, ts) in enumerate(zip(channels, times, strict=True))
+        ]
+    )
 
 
 @dataclass
@@ -276,9 +292,16 @@ class Cell:
     mrr: np.ndarray
     setting: str | None
     versus: dict[str, tuple[float, float, str]]  # baseline -> (delta, p-value, verdict)
+    clusters: np.ndarray  # each query's channel-day (`query_clusters`)
+    holm_p: dict[str, float]  # baseline -> p-value adjusted over every comparison of the table (Holm)
 
     def summary(self, n_bootstrap: int = 1000) -> tuple[float, float, float]:
-        return bootstrap_interval(self.mrr, n_bootstrap)
+        """MRR@10 and its 95% interval, resampling whole channel-days."""
+        return bootstrap_interval(self.mrr, n_bootstrap, clusters=self.clusters)
+
+    def survives_holm(self, label: str, alpha: float = 0.05) -> bool:
+        """True when the verdict against `label` is a win or loss that holds over the whole table (Holm)."""
+        return self.versus[label][2] != "tie" and self.holm_p[label] < alpha
 
 
 VERSUS = ("bm25", "recency", "base", "dense", "time_aware", "hybrid")  # the last three: the ranker's own model
@@ -302,6 +325,7 @@ def comparison_table(results: list[Scored]) -> dict[tuple[str, str], dict[str, C
             baselines.update({name: (text_models[key], name) for name in ("dense", "time_aware", "hybrid")})
         for task, parts in by_task.items():
             mrr = np.concatenate([p.mrr() for p in parts])
+            clusters = np.concatenate([query_clusters(p.task) for p in parts])
             versus = {}
             for label, baseline in baselines.items():
                 other = grouped.get(baseline, {}).get(task)
@@ -309,7 +333,11 @@ def comparison_table(results: list[Scored]) -> dict[tuple[str, str], dict[str, C
                     continue
                 delta, p_value = paired_test(mrr, np.concatenate([p.mrr() for p in other]))
                 versus[label] = (delta, p_value, verdict(delta, p_value))
-            table.setdefault(key, {})[task] = Cell(mrr, parts[0].setting, versus)
+            table.setdefault(key, {})[task] = Cell(mrr, parts[0].setting, versus, clusters, {})
+    comparisons = [(cell, label) for by_task in table.values() for cell in by_task.values() for label in cell.versus]
+    adjusted = holm([cell.versus[label][1] for cell, label in comparisons]) if comparisons else []
+    for (cell, label), p_value in zip(comparisons, adjusted, strict=True):
+        cell.holm_p[label] = float(p_value)
     return table
 
 
@@ -328,6 +356,11 @@ def headline_scores(results: list[Scored]) -> dict[str, float]:
 
 
 _MARKS = {"win": " ▲", "loss": " ▼", "tie": ""}
+SIGNIFICANCE_NOTE = (
+    "▲ / ▼: better / worse than BM25 on the same queries, significant at 95% (paired randomization); † the verdict "
+    "also holds after Holm's correction over every comparison of the table. Intervals: 95% bootstrap resampling "
+    "whole channel-days, the units queries are drawn in."
+)
 
 
 def results_markdown(results: list[Scored]) -> str:
@@ -345,16 +378,18 @@ def results_markdown(results: list[Scored]) -> str:
                 values.append("-")
                 continue
             mark = _MARKS[cell.versus["bm25"][2]] if "bm25" in cell.versus else ""
+            mark += "†" if "bm25" in cell.versus and cell.survives_holm("bm25") else ""
             setting = f" ({cell.setting})" if cell.setting else ""
             values.append(f"{cell.mrr.mean():.3f}{mark}{setting}")
         lines.append(f"| {model} | {retriever} | {' | '.join(values)} |")
-    lines.append("\n▲ / ▼: better / worse than BM25 on the same queries, significant at 95% (paired randomization).")
+    lines.append(f"\n{SIGNIFICANCE_NOTE}")
     return "\n".join(lines)
 
 
 def verdict_rows(results: list[Scored], n_bootstrap: int = 1000) -> list[dict]:
-    """One row per task, model and retriever at full dimension: MRR@10 with its interval and the paired verdicts
-    against BM25 and the base model."""
+    """One row per task, model and retriever at full dimension: MRR@10 with its interval (clustered by channel-day)
+    and the paired verdicts against BM25 and the base model, each with its Holm-adjusted p-value over the table and
+    whether it holds after that correction."""
     rows = []
     for (model, retriever), by_task in comparison_table(results).items():
         for task, cell in by_task.items():
@@ -371,5 +406,6 @@ def verdict_rows(results: list[Scored], n_bootstrap: int = 1000) -> list[dict]:
             }
             for label, (delta, p_value, outcome) in cell.versus.items():
                 row.update({f"vs_{label}_delta": delta, f"vs_{label}_p": p_value, f"vs_{label}": outcome})
+                row.update({f"vs_{label}_holm_p": cell.holm_p[label], f"vs_{label}_holds": cell.survives_holm(label)})
             rows.append(row)
     return rows

@@ -7,9 +7,10 @@ queries' conversations, and the real interleaved neighbours of a message are wha
 retriever sees only what is known without the answer: a thread query's own message is left out of its
 conversation (text, times and order), and a response query is its prefix."""
 
+import hashlib
 import itertools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import dagster as dg
@@ -476,6 +477,41 @@ def _summary_tasks(
         )
         tasks.append(task)
     return tasks
+
+
+PER_QUERY_FIELDS = (
+    "queries",
+    "relevant",
+    "candidates",
+    "conversations",
+    "conversation_keys",
+    "query_channel",
+    "query_ts",
+    "query_order",
+    "query_platform",
+    "query_orders",
+    "query_authors",
+    "query_mentions",
+    "query_message_ids",
+    "query_reply_to",
+)
+
+
+def queries_of(task: Task, keep: Sequence[int]) -> Task:
+    """`task` with only the queries at `keep` (its documents unchanged)."""
+    fields = {name: [values[i] for i in keep] for name in PER_QUERY_FIELDS if (values := getattr(task, name))}
+    return replace(task, **fields)
+
+
+def split_by_conversation(task: Task, share: float) -> tuple[Task, Task]:
+    """Two tasks of disjoint queries, split by a stable hash of each query's conversation (so a conversation's
+    queries stay on one side): about `share` of them, and the rest."""
+    keys = task.conversation_keys or task.conversations or [str(i) for i in range(len(task.queries))]
+    below = [int(hashlib.md5(str(key).encode()).hexdigest()[:8], 16) / 2**32 < share for key in keys]
+    return (
+        queries_of(task, [i for i, low in enumerate(below) if low]),
+        queries_of(task, [i for i, low in enumerate(below) if not low]),
+    )
 
 
 def all_tasks(con: duckdb.DuckDBPyConnection, query_splits: list[str], config: TaskConfig) -> list[Task]:

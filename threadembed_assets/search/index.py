@@ -9,6 +9,7 @@ rank them with the published `chat_ranker` where it reads the index's model, els
 import bisect
 import logging
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -48,10 +49,17 @@ log = logging.getLogger(__name__)
 
 MAX_DOC_CHARS = 1500  # a conversation's text as the benchmark cuts it
 CANDIDATE_HOURS = 24.0  # thread_of: conversations of the channel with a message this near the asked one
+# thread_of: at most this many candidates (nearest in time, else best by the ANN index), so that no message, however
+# vague about its channel and time, costs more than encoding this many conversations' windows.
+MAX_THREAD_CANDIDATES = 50
 FUSION_DEPTH = 50  # search: how deep each of dense and BM25 is read before fusing
 SNIPPET_CHARS = 200
 ONNX_MODEL = "onnx_model"  # the asset whose `latest` is the int8 export search encodes with on CPU
-MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remembers (a server's memory stays bounded)
+MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remembers, least recently used dropped first
+
+
+class RequestError(ValueError):
+    """What was asked cannot be answered as asked (bad input, not a fault of the index): a client's error."""
 
 
 @dataclass
@@ -82,10 +90,11 @@ class ThreadHits(list):
 
 class VectorCache(CachedEncoder):
     """Embeddings by text hash over an index's own rows (its conversations, read from its float16 vectors) and, in
-    memory, the texts encoded since (queries, windows, cut conversations)."""
+    memory, the most recently used of the texts encoded since (queries, windows, cut conversations)."""
 
-    def __init__(self):
-        self.vectors: dict[str, np.ndarray] = {}
+    def __init__(self, capacity: int = MAX_CACHED_TEXTS):
+        self.capacity = capacity
+        self.vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.rows: dict[str, int] = {}
         self.matrix: np.ndarray | None = None
 
@@ -100,13 +109,14 @@ class VectorCache(CachedEncoder):
             if (row := self.rows.get(digest)) is not None:
                 found[digest] = np.asarray(self.matrix[row], dtype=np.float32)
             elif (vector := self.vectors.get(digest)) is not None:
+                self.vectors.move_to_end(digest)
                 found[digest] = vector
         return found
 
     def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
-        if len(self.vectors) + len(vectors) > MAX_CACHED_TEXTS:
-            self.vectors.clear()
         self.vectors.update(vectors)
+        while len(self.vectors) > self.capacity:
+            self.vectors.popitem(last=False)
 
 
 @dataclass
@@ -165,7 +175,7 @@ def epoch_seconds(value) -> float | None:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"timestamp {value!r} is neither ISO-8601 nor epoch seconds") from None
+            raise RequestError(f"timestamp {value!r} is neither ISO-8601 nor epoch seconds") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
@@ -176,10 +186,10 @@ def _iso(seconds: float | None) -> str | None:
 def checked_message(message) -> dict:
     """A chat JSONL message as a dict with a non-empty `text`, or a clear error."""
     if not isinstance(message, dict):
-        raise ValueError(f"a message is a JSON object with at least `text`, not {type(message).__name__}")
+        raise RequestError(f"a message is a JSON object with at least `text`, not {type(message).__name__}")
     text = message.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("a message needs a non-empty string `text`")
+        raise RequestError("a message needs a non-empty string `text`")
     return message
 
 
@@ -361,7 +371,7 @@ class ChatIndex:
         """Conversations about `query`, best first: the model's similarity and BM25 fused by reciprocal rank;
         only conversations of `channel` with a message between `since` and `until` when given."""
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be non-empty text")
+            raise RequestError("query must be non-empty text")
         allowed = self._allowed(channel, epoch_seconds(since), epoch_seconds(until))
         depth = min(len(self.docs), max(FUSION_DEPTH, 5 * k))
         vector = self.cache.encode(self.encoder, self.key, [query], self.batch_size)[0]
@@ -407,17 +417,34 @@ class ChatIndex:
 
     def thread_of(self, message: dict, k: int = 10) -> ThreadHits:
         """The conversations `message` may belong to, best first, among those of its channel with a message within
-        `CANDIDATE_HOURS` of it. An archived message (same `message_id`) is left out of its own conversation."""
+        `CANDIDATE_HOURS` of it (at most `MAX_THREAD_CANDIDATES`: the nearest in time, else the best by the ANN
+        index). An archived message (same `message_id`) is left out of its own conversation."""
         line = self._line(checked_message(message))
         return self._thread(line, {line.message_id}, k)
 
+    def _candidate_docs(self, query: Line) -> np.ndarray:
+        """Indices of the conversations `query` may join, sorted: those of its channel (of the archive when the
+        channel is unknown) with a time span within `CANDIDATE_HOURS` of it (or no times), at most
+        `MAX_THREAD_CANDIDATES` of them: the nearest in time, or, without a time, the nearest by the ANN index."""
+        code = self.channel_code.get(query.channel)
+        mask = self.channel_codes == code if code is not None else np.ones(len(self.docs), dtype=bool)
+        if query.ts is not None:  # distance to each span; unknown spans (NaN) count as near, as `near` has it
+            gap = np.fmax(np.fmax(self.starts - query.ts, query.ts - self.ends), 0.0)
+            mask &= gap <= CANDIDATE_HOURS * 3600
+        docs = np.flatnonzero(mask)
+        if len(docs) <= MAX_THREAD_CANDIDATES:
+            return docs
+        if query.ts is not None:
+            return np.sort(docs[np.argsort(gap[docs], kind="stable")[:MAX_THREAD_CANDIDATES]])
+        vector = self.cache.encode(self.encoder, self.key, [query.text], self.batch_size)[0]
+        return np.sort(self.vectors.search(vector, MAX_THREAD_CANDIDATES, mask)[0])
+
     def _thread(self, query: Line, left_out: set[str], k: int) -> ThreadHits:
-        channel = self.lines.conversations_of_channel.get(query.channel)
-        conversations = channel if channel is not None else self.lines.by_conversation
         corpus, queries = Corpus(MAX_DOC_CHARS), Queries()
         candidates = []
-        for cid, lines in conversations.items():
-            kept = [line for line in lines if line.message_id not in left_out]
+        for doc in self._candidate_docs(query):
+            cid = self.conversation_ids[doc]
+            kept = [line for line in self.lines.by_conversation[cid] if line.message_id not in left_out]
             if kept and near(kept, query.ts, CANDIDATE_HOURS * 3600):
                 candidates.append(corpus.add(cid, sorted(kept, key=lambda line: line.position)))
         if not candidates:
@@ -463,10 +490,10 @@ class ChatIndex:
         prefix = [checked_message(m) for m in prefix]
         candidates = [checked_message(m) for m in candidates]
         if not prefix or not candidates:
-            raise ValueError("next_message needs at least one prefix message and one candidate")
+            raise RequestError("next_message needs at least one prefix message and one candidate")
         ids = [str(m.get("message_id") or f"candidate-{i}") for i, m in enumerate(candidates)]
         if len(set(ids)) != len(ids):
-            raise ValueError("candidates need distinct message_ids")
+            raise RequestError("candidates need distinct message_ids")
         lines = self._lines_together([*prefix, *candidates], ids)
         corpus, queries = Corpus(MAX_DOC_CHARS), Queries()
         indices = [corpus.add(message_id, [line]) for message_id, line in zip(ids, lines[len(prefix) :], strict=True)]
@@ -544,7 +571,35 @@ class ChatIndex:
         """Tune `is_new` on archived messages (of `conversations`, default all): each is asked with its own
         conversation cut to the messages before it, so a first message has no conversation to join; the threshold
         on the best candidate's confidence that tells first messages from the rest most accurately (balanced) is
-        kept. Returns {scorer: threshold, "balanced_accuracy": ..., "messages": ...}."""
+        kept. Returns {scorer: threshold, "balanced_accuracy": ..., "messages": ...} (accuracy on these messages:
+        see `new_accuracy` for messages it was not tuned on)."""
+        confidences, labels = self._new_samples(conversations, max_messages, seed)
+        scorer = self._thread_scorer()
+        if not any(labels) or all(labels):
+            return self.new_threshold
+        threshold, accuracy = best_threshold(np.array(confidences), np.array(labels))
+        self.new_threshold = {scorer: threshold, "balanced_accuracy": accuracy, "messages": len(labels)}
+        return self.new_threshold
+
+    def new_accuracy(self, conversations: Sequence[str], max_messages: int = 200, seed: int = 1) -> dict | None:
+        """Balanced accuracy of the tuned `is_new` on messages of `conversations` (asked as `tune_new_threshold`
+        asks), which should be others than it was tuned on; None untuned or without both kinds of message."""
+        threshold = self.new_threshold.get(self._thread_scorer())
+        confidences, labels = map(np.array, self._new_samples(conversations, max_messages, seed))
+        if threshold is None or labels.all() or not labels.any():
+            return None
+        predicted = confidences < threshold
+        accuracy = 0.5 * (predicted[labels].mean() + (~predicted[~labels]).mean())
+        return {"balanced_accuracy": round(float(accuracy), 4), "messages": len(labels)}
+
+    def _thread_scorer(self) -> str:
+        return CHAT_RANKER if self.ranker is not None and self.ranker.ranks("thread") else "fusion"
+
+    def _new_samples(
+        self, conversations: Sequence[str] | None, max_messages: int, seed: int
+    ) -> tuple[list[float], list[bool]]:
+        """(confidence, is first) of a first and a later message of up to `max_messages / 2` conversations, each
+        asked with its conversation cut to the messages before it."""
         rng = np.random.default_rng(seed)
         pool = [cid for cid in (conversations or self.conversation_ids) if len(self.lines.by_conversation[cid]) >= 2]
         picked = [pool[i] for i in rng.permutation(len(pool))[: max_messages // 2]]
@@ -559,12 +614,15 @@ class ChatIndex:
                     continue
                 confidences.append(hits.confidence)
                 labels.append(position == 0)
-        scorer = CHAT_RANKER if self.ranker is not None and self.ranker.ranks("thread") else "fusion"
-        if not any(labels) or all(labels):
-            return self.new_threshold
-        threshold, accuracy = best_threshold(np.array(confidences), np.array(labels))
-        self.new_threshold = {scorer: threshold, "balanced_accuracy": accuracy, "messages": len(labels)}
-        return self.new_threshold
+        return confidences, labels
+
+    def ann_recall(self, conversations: Sequence[str], sample: int = 200, k: int = 10, seed: int = 0) -> float | None:
+        """Recall@k of the ANN index against exact search, asked with the texts of single messages of
+        `conversations` (queries the index does not hold, as a user's are); None without an ANN index."""
+        lines = [line for cid in conversations for line in self.lines.by_conversation[cid]]
+        picked = np.random.default_rng(seed).permutation(len(lines))[:sample]
+        texts = [lines[i].text for i in picked]
+        return self.vectors.recall(self.cache.encode(self.encoder, self.key, texts, self.batch_size), k)
 
 
 def best_threshold(confidences: np.ndarray, is_new: np.ndarray) -> tuple[float, float]:

@@ -5,7 +5,7 @@ import random
 import dagster as dg
 
 from threadembed_assets.sources.config import RawSourceConfig, SourceConfigError
-from threadembed_assets.sources.hub import HubUnavailableError
+from threadembed_assets.sources.hub import HubUnavailableError, is_transient
 from threadembed_assets.sources.raw_cache import preview_markdown, raw_cache_dir, write_raw_cache
 from threadembed_assets.sources.registry import SOURCES, SourceSpec, source_partitions
 from threadembed_assets.versions import code_version
@@ -13,7 +13,8 @@ from threadembed_assets.versions import code_version
 # Failures a user fixes by configuration: shown as a clear message, not a traceback.
 # Anything else is a bug and keeps its traceback.
 _USER_ERRORS = (HubUnavailableError, SourceConfigError)
-# A hub stream that breaks mid-way (a dropped connection, a 5xx) is worth another try; a local loader's error is not.
+# A hub stream that breaks mid-way (a dropped connection, a 5xx) is worth another try; a local loader's error, or a
+# loader's bug on a hub stream, is not.
 HUB_RETRIES = 3
 HUB_RETRY_DELAY_S = 30.0
 
@@ -35,9 +36,12 @@ def _provenance(spec: SourceSpec, config: RawSourceConfig) -> dict:
     return provenance
 
 
-def hub_retry(context: dg.AssetExecutionContext, spec: SourceSpec, config: RawSourceConfig) -> dg.RetryRequested | None:
-    """A retry with exponential backoff and jitter for a hub stream that failed, while tries are left; else None."""
-    if not spec.streams_from_hub or config.path or context.retry_number >= HUB_RETRIES:
+def hub_retry(
+    context: dg.AssetExecutionContext, spec: SourceSpec, config: RawSourceConfig, exc: Exception
+) -> dg.RetryRequested | None:
+    """A retry with exponential backoff and jitter for a hub stream that a network failure broke, while tries are
+    left; else None (a local source, a bug, tries spent)."""
+    if not spec.streams_from_hub or config.path or context.retry_number >= HUB_RETRIES or not is_transient(exc):
         return None
     delay = HUB_RETRY_DELAY_S * 2**context.retry_number
     return dg.RetryRequested(max_retries=HUB_RETRIES, seconds_to_wait=delay * random.uniform(0.5, 1.5))
@@ -62,7 +66,7 @@ def raw_messages(context: dg.AssetExecutionContext, config: RawSourceConfig) -> 
     except _USER_ERRORS as exc:
         raise dg.Failure(description=f"raw_messages[{spec.key}]: {exc}", allow_retries=False) from None
     except Exception as exc:
-        retry = hub_retry(context, spec, config)
+        retry = hub_retry(context, spec, config, exc)
         if retry is None:
             raise
         context.log.warning(f"raw_messages[{spec.key}]: the hub stream failed ({exc!r}); trying again")

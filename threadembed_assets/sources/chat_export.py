@@ -65,8 +65,9 @@ def read_imports(
     global_conversation_ids: bool = False,
     irc_log_date: str | None = None,
 ) -> Iterator[RawPiece]:
-    """Raw pieces of every import under `folder`; an unknown file becomes one error row. Gold conversation ids of
-    chat JSONL files are namespaced by the file's path under `folder` unless `global_conversation_ids`. An IRC log
+    """Raw pieces of every import under `folder`; an unknown file becomes one error row. The ids of chat JSONL files
+    (message, reply and gold conversation ids) are namespaced by the file's path under `folder` unless
+    `global_conversation_ids`. An IRC log
     with no date in its file name starts on `irc_log_date` (YYYY-MM-DD); without it, its undated lines are
     quarantined."""
     try:
@@ -96,7 +97,7 @@ def read_imports(
         elif kind == "discord_export":
             yield from batched(read_discord_export(unit, source))
         elif kind == "irc_log":
-            yield from batched(read_irc_log(unit, source, irc_start_day))
+            yield from batched(read_irc_log(unit, source, irc_start_day, root=folder))
         else:
             reason = f"unknown_format: not one of {', '.join(IMPORT_FORMATS)}"
             yield from batched([error_row(source, "unknown", unit.name, 0, reason, _head(unit, 500))])

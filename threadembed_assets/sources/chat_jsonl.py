@@ -27,14 +27,25 @@ _PLATFORM_SQL = " ".join(
     + [f"WHEN regexp_matches(source, '{pattern}') THEN '{name}'" for name, pattern in _NAMED.items()]
 )
 _COLUMNS = {name: "VARCHAR" for name in [*CHAT_FIELDS, "platform"]}
+# Ids a file's rows name each other by: prefixed with the file's namespace, so that two files that both say `m1` or
+# `c1` neither collide nor link. A blank id stays blank (the warehouse quarantines a blank message id).
+_NAMESPACED = ("message_id", "conversation_id", "reply_to")
+
+
+def _namespaced(column: str) -> str:
+    return (
+        f"CASE WHEN $namespace IS NOT NULL AND trim({column}) <> '' THEN $namespace || ':' || {column} "
+        f"ELSE {column} END AS {column}"
+    )
+
+
 _COPY_SQL = f"""
 COPY (
-    SELECT source, channel, message_id,
-        CASE WHEN $namespace IS NOT NULL AND conversation_id IS NOT NULL
-             THEN $namespace || ':' || conversation_id ELSE conversation_id END AS conversation_id,
-        reply_to, timestamp,
+    SELECT source, channel, {_namespaced("message_id")}, {_namespaced("conversation_id")}, {_namespaced("reply_to")},
+        timestamp,
         author, text,
         coalesce($platform, CASE {_PLATFORM_SQL} ELSE 'chat' END) AS platform,
+        CAST(NULL AS VARCHAR) AS channel_name,
         $origin AS origin,
         CAST(NULL AS BIGINT) AS seq,  -- the line number is the row's place in the part (see RAW_SCHEMA)
         CAST(NULL AS VARCHAR) AS error
@@ -68,8 +79,8 @@ def chat_jsonl_part(
     Clean files are copied to Parquet by DuckDB's `read_json` (vectorized, bounded memory, no Python per row).
     A file with a malformed line or invalid UTF-8 is re-read line by line so that the good lines load and each
     bad one becomes an error row. `source` fills rows without one; `platform=None` infers it from the source;
-    `max_rows` keeps the first lines only; `namespace` prefixes gold conversation ids (`<namespace>:<id>`), so that
-    two files that both say `c1` do not merge into one conversation.
+    `max_rows` keeps the first lines only; `namespace` prefixes message, reply and gold conversation ids
+    (`<namespace>:<id>`), so that two files that both say `m1` or `c1` neither collide nor link across files.
     """
 
     def write(dest: Path) -> None:
@@ -115,8 +126,10 @@ def _read_tolerant(path: Path, source: str, platform: str | None, namespace: str
             row = {name: record.get(name) for name in CHAT_FIELDS}
             if row["source"] is None:  # as `coalesce` in _COPY_SQL: an empty source stays empty
                 row["source"] = source
-            if namespace is not None and row["conversation_id"] is not None:
-                row["conversation_id"] = f"{namespace}:{row['conversation_id']}"
+            if namespace is not None:
+                for name in _NAMESPACED:
+                    if row[name] is not None and str(row[name]).strip():
+                        row[name] = f"{namespace}:{row[name]}"
             row.update(
                 platform=platform or platform_of(row["source"], record.get("platform")), origin=path.name, seq=seq
             )

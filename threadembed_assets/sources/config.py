@@ -31,7 +31,8 @@ class RawSourceConfig(dg.Config):
     n_messages: int = Field(default=5000, description="sample: about how many messages to generate.")
     global_conversation_ids: bool = Field(
         default=False,
-        description="chat_export: conversation ids are unique across files (else each file's are its own).",
+        description="chat_export: message, reply and conversation ids of chat JSONL files are unique across "
+        "files (else each file's ids are its own, prefixed with the file's path).",
     )
     irc_log_date: str | None = Field(
         default=None,

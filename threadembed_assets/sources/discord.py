@@ -23,6 +23,15 @@ def is_discord_export(head: str) -> bool:
     return start.startswith("{") and '"guild"' in start and '"channel"' in start
 
 
+def discord_channel(guild: dict, channel: dict, fallback: str) -> tuple[str, str]:
+    """(key, display name) of a Discord channel: the key is `<server id>/<channel id>`, so that same-named channels
+    of two servers stay apart; the name (`Server / #help`) is for people. `fallback` stands in for missing ids."""
+    guild_id, channel_id = guild.get("id"), channel.get("id")
+    key = f"{guild_id or guild.get('name') or '?'}/{channel_id or channel.get('name') or fallback}"
+    name = channel.get("name") or channel_id or fallback
+    return key, f"{guild['name']} / #{name}" if guild.get("name") else f"#{name}"
+
+
 def read_discord_export(path: Path, source: str) -> Iterator[dict]:
     """Rows of one DiscordChatExporter JSON export; a thread channel is one gold conversation."""
     try:
@@ -33,8 +42,8 @@ def read_discord_export(path: Path, source: str) -> Iterator[dict]:
     if not isinstance(export, dict):
         yield error_row(source, "discord", path.name, 0, "malformed_export: not a JSON object")
         return
-    channel_info = as_object(export.get("channel"))
-    channel = channel_info.get("name") or channel_info.get("id") or path.stem
+    channel_info, guild_info = as_object(export.get("channel")), as_object(export.get("guild"))
+    channel, channel_name = discord_channel(guild_info, channel_info, path.stem)
     is_thread = isinstance(channel_info.get("type"), str) and channel_info["type"] in _THREAD_CHANNEL_TYPES
     thread_id = channel_info.get("id") if is_thread else None
     messages = export.get("messages")
@@ -57,6 +66,7 @@ def read_discord_export(path: Path, source: str) -> Iterator[dict]:
             "source": source,
             "platform": "discord",
             "channel": channel,
+            "channel_name": channel_name,
             "message_id": msg.get("id"),
             "conversation_id": thread_id,
             "reply_to": reference.get("messageId"),
@@ -96,6 +106,7 @@ def discord_api_rows(lines: Iterable[bytes], source: str, origin: str, seed: int
             yield error_row(source, "discord", origin, seq, f"malformed_json: {exc}")
             continue
         message_id, channel_id = str(msg.get("id", "")), str(msg.get("channel_id", ""))
+        guild_id = str(msg.get("guild_id") or origin.rsplit("/", 1)[-1].split(".", 1)[0])
         if sample_bucket(message_id, channel_id, seed) >= sample_rate:
             continue
         if msg.get("type", 0) not in _API_CONVERSATION_TYPES:
@@ -105,7 +116,8 @@ def discord_api_rows(lines: Iterable[bytes], source: str, origin: str, seed: int
         yield {
             "source": source,
             "platform": "discord",
-            "channel": msg.get("channel_name") or channel_id,
+            "channel": f"{guild_id}/{channel_id}",
+            "channel_name": f"#{msg['channel_name']}" if msg.get("channel_name") else None,
             "message_id": message_id,
             "conversation_id": None,
             "reply_to": (msg.get("message_reference") or {}).get("message_id"),

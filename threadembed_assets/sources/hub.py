@@ -16,6 +16,32 @@ class HubUnavailableError(RuntimeError):
     """The hub cannot be reached (offline mode, or no network) and no local files were configured."""
 
 
+# Network failures a second try may not meet: a dropped or refused connection, a timeout, a cut stream, and the
+# HTTP answers that say "later" (by the class names of the HTTP clients under `datasets` and `huggingface_hub`).
+_TRANSIENT_TYPES = (ConnectionError, TimeoutError, socket.gaierror)
+_TRANSIENT_NAMES = {"TransportError", "ChunkedEncodingError", "IncompleteRead", "ProtocolError", "ReadTimeout"}
+_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc`, or an error it was raised from, is a network failure that a retry can get past.
+
+    A loader's own bug (a KeyError on a changed schema, a ValueError) and an HTTP answer that will not change (404,
+    401) are not: retrying them only delays the traceback.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            return status in _TRANSIENT_STATUS
+        if isinstance(exc, _TRANSIENT_TYPES) or _TRANSIENT_NAMES & {kind.__name__ for kind in type(exc).__mro__}:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def hub_unavailable_message(source: str, upstream: str, reason: str) -> str:
     """What to do when a hub source cannot load: name it and say how to use local files."""
     return (

@@ -21,6 +21,9 @@ _CTIME_MARKER = re.compile(
 )
 _ISO_MARKER = re.compile(r"^(?:\*\*\*|---|-!-)\s+Day changed(?: to)?\s+(\d{4})-(\d{2})-(\d{2})\s*$")
 _NO_DATE = "no_date: put YYYY-MM-DD in the file name or set irc_log_date"
+# A log's own line naming its channel: mIRC's `Session Ident: #ubuntu`, XChat/HexChat's `* Now talking on #ubuntu`.
+_CHANNEL_HEADER = re.compile(r"^(?:Session Ident:|(?:\*+|-!-|---)?\s*Now talking (?:on|in))\s+([#&!+]\S+)\s*$")
+_NAME_SEPARATORS = "._- "
 
 
 def is_irc_log(head: str) -> bool:
@@ -28,8 +31,30 @@ def is_irc_log(head: str) -> bool:
     return any(IRC_LINE.match(line) for line in head.splitlines()[:20])
 
 
-def read_irc_log(path: Path, source: str, start_day: date | None = None) -> Iterator[dict]:
+def irc_channel(path: Path, root: Path | None = None) -> str:
+    """The channel of an IRC log, the same for every day of it.
+
+    A folder named `#channel` between `root` and the file (ZNC's `<network>/#ubuntu/2019-05-04.log`) names it; else
+    the log's own header (mIRC's `Session Ident: #ubuntu`); else the file name without its date (`#ubuntu.2019-05-04`
+    -> `#ubuntu`, `irc.libera.#ubuntu.weechatlog` -> `#ubuntu`); else, for a file named by its date alone, its folder.
+    """
+    folders = path.parent.relative_to(root).parts if root is not None and path.is_relative_to(root) else ()
+    if named := next((folder for folder in reversed(folders) if folder[:1] in "#&"), None):
+        return named
+    with path.open("rb") as handle:
+        head = handle.read(8192).decode("utf-8", errors="replace").splitlines()[:50]
+    if header := next((found for line in head if (found := _CHANNEL_HEADER.match(line))), None):
+        return header.group(1)
+    name = _DATE_IN_NAME.sub("", path.stem)
+    name = name[name.index("#") :] if "#" in name else name
+    return name.strip(_NAME_SEPARATORS) or (folders[-1] if folders else path.parent.name) or "irc"
+
+
+def read_irc_log(path: Path, source: str, start_day: date | None = None, root: Path | None = None) -> Iterator[dict]:
     """Rows of an IRC log, each line dated by the log's own markers, else its file name, else `start_day`.
+
+    The channel is `irc_channel(path, root)`, so the days of one channel stay one stream; a message id is the
+    file's path under `root` and its line number, unique across channels and days.
 
     The day starts as the date in the file name (`YYYY-MM-DD` or `YYYYMMDD`), else `start_day`; a date marker line
     (irssi, mIRC, XChat, `*** Day changed to YYYY-MM-DD`) sets it from there on, and between markers it rolls over
@@ -37,7 +62,8 @@ def read_irc_log(path: Path, source: str, start_day: date | None = None) -> Iter
     those of a log that states no date, and those above its first marker, which may be from any earlier day.
     """
     day = _date_in_name(path.name) or start_day
-    channel = path.stem
+    channel = irc_channel(path, root)
+    file_key = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.name
     previous = None
     with path.open("rb") as handle:
         for seq, raw_line in enumerate(handle, start=1):
@@ -75,7 +101,7 @@ def read_irc_log(path: Path, source: str, start_day: date | None = None) -> Iter
                 "source": source,
                 "platform": "irc",
                 "channel": channel,
-                "message_id": f"{channel}:{seq}",
+                "message_id": f"{file_key}:{seq}",
                 "conversation_id": None,
                 "reply_to": None,
                 "timestamp": timestamp,

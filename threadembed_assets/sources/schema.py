@@ -22,6 +22,7 @@ RAW_SCHEMA = pa.schema(
     [(name, pa.string()) for name in CHAT_FIELDS]
     + [
         ("platform", pa.string()),
+        ("channel_name", pa.string()),  # the channel's name for people, where `channel` is a key (Discord ids)
         ("origin", pa.string()),  # file, upstream split or generator the row came from
         # Position in its origin (line or row number); null where it is the row's place in its part, 1-based
         # (parts that DuckDB copies from a file line for line).

@@ -7,7 +7,8 @@ from threadembed_assets.warehouse.schema import ensure_schema, transaction
 
 _CONVERSATIONS_SELECT = """
 SELECT source, min(platform), min(channel), conversation_id, min(conversation_method),
-    min(split), count(*), count(DISTINCT author), list(DISTINCT author ORDER BY author), min(ts), max(ts)
+    min(split), count(*), count(DISTINCT author), list(DISTINCT author ORDER BY author), min(ts), max(ts),
+    min(channel_name)
 FROM messages WHERE source = $source
 GROUP BY source, conversation_id
 ORDER BY conversation_id

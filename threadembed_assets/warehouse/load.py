@@ -125,7 +125,7 @@ SELECT
         WHEN bucket < $train_ratio + $dev_ratio THEN 'dev'
         ELSE 'test'
     END AS split,
-    placed.conversation_method
+    placed.conversation_method, raw.channel_name
 FROM placed JOIN {_RAW_ROWS} AS raw USING (row_ord)
 """
 

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS messages (
     position INTEGER NOT NULL,
     text VARCHAR NOT NULL,
     split VARCHAR NOT NULL,
-    conversation_method VARCHAR NOT NULL  -- gold | reply_chain | time_gap
+    conversation_method VARCHAR NOT NULL,  -- gold | reply_chain | time_gap
+    channel_name VARCHAR  -- the channel's name for people where `channel` is a key (Discord: server/channel ids)
 )
 """
 
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     n_authors INTEGER NOT NULL,
     participants VARCHAR[],
     started_at TIMESTAMP,
-    ended_at TIMESTAMP
+    ended_at TIMESTAMP,
+    channel_name VARCHAR
 )
 """
 
@@ -57,6 +59,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET TimeZone = 'UTC'")
     for ddl in (MESSAGES_DDL, QUARANTINE_DDL, CONVERSATIONS_DDL):
         con.execute(ddl)
+    for table in ("messages", "conversations"):  # a warehouse written before channels had display names
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS channel_name VARCHAR")
 
 
 def table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
