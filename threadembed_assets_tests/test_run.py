@@ -20,7 +20,7 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
     assert "onnx_model: int8 export " in out and "dev MRR@10 thread " in out and "response_message " in out
     assert "conversation_index: " in out and "ANN recall@10 " in out and "ranker chat_ranker" in out
     assert "chat_ranker: thread " in out and "response_message " in out and "dev MRR@10" in out
-    assert re.search(r"fit on \d+ dev-split queries, chosen on \d+ other dev queries", out)
+    assert re.search(r"fit on \d+ train-split queries, chosen on \d+ other dev queries", out)
     assert "is_new balanced accuracy " in out and " on test messages (tuned on dev: " in out
     timings = next(line for line in out.splitlines() if line.startswith("seconds per step ("))
     assert re.search(r"raw_messages \d+, messages \d+", timings) and "thread_model " in timings

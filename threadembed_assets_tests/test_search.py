@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from threadembed_assets.benchmark.retrievers import line_windows
+from threadembed_assets.benchmark.retrievers import EmbeddingCache, line_windows, model_key
+from threadembed_assets.benchmark.tasks import Task
 from threadembed_assets.search import ChatIndex, Hit
 from threadembed_assets.search import http as search_http
 from threadembed_assets.search import index as search_index
 from threadembed_assets.search.__main__ import main as cli_main
 from threadembed_assets.search.http import MAX_BODY_BYTES, MAX_TEXT_CHARS, Bounded, IndexHolder, create_app
-from threadembed_assets.search.index import ONNX_MODEL, VectorCache, best_threshold
-from threadembed_assets.search.onnx import FLOAT_FILE, INT8_FILE, OnnxEncoder, export_onnx
+from threadembed_assets.search.index import ONNX_MODEL, VectorCache, archive_from_messages, best_threshold
+from threadembed_assets.search.onnx import FLOAT_FILE, INT8_FILE, OnnxEncoder, compare_encoders, export_onnx
 from threadembed_assets.search.store import current_build
 from threadembed_assets.search.vectors import VectorIndex
 from threadembed_assets.training.resources import ModelStore
@@ -169,6 +170,20 @@ def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_
     assert "ONNX" not in plain.model and served.key != plain.key  # the two never share cached vectors
     query = "xfce panel in the foreground"
     assert served.search(query, k=1)[0].conversation_id == plain.search(query, k=1)[0].conversation_id
+
+    # What one asset of a run encoded, the next reads: the dev check, then the index, encode each text once a model.
+    lines = ChatIndex.read_lines(archive_from_messages(messages[:120], "s"), "s")
+    docs = [ChatIndex._document(conversation) for conversation in lines.by_conversation.values()]
+    task = Task("thread", "s", texts[:10], docs, [str(i) for i in range(len(docs))], [0] * 10)
+    cache = EmbeddingCache(tmp_path / "cache.duckdb")
+    checked = compare_encoders(pytorch, OnnxEncoder(export), [task], 16, cache=cache, reference_key=model_key(base))
+    encoded = cache.misses
+    assert encoded == 2 * len(set(texts[:10] + docs))  # each text once by PyTorch, once by the export
+    again = compare_encoders(pytorch, OnnxEncoder(export), [task], 16, cache=cache, reference_key=model_key(base))
+    assert cache.misses == encoded and again["tasks"] == checked["tasks"] and again["speedup"] > 0
+    ChatIndex.from_lines(lines, ranker=False, models=models, encoded=cache)
+    assert cache.misses == encoded  # the index read the export's vectors of every conversation
+    cache.close()
 
     other = tmp_path / "fine_tuned"
     pytorch.save(str(other))

@@ -3,6 +3,8 @@ corpus), dense over a document's windows, BM25, hybrid by reciprocal rank fusion
 and recency (time proximity in the channel alone)."""
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import bm25s
@@ -197,3 +199,18 @@ def encode_task(model, key: str, task: Task, cache: EmbeddingCache, batch_size: 
 def default_cache_path() -> Path:
     """`$THREADEMBED_DATA_DIR/cache/embeddings.duckdb`."""
     return settings.data_dir() / "cache" / "embeddings.duckdb"
+
+
+@contextmanager
+def shared_embeddings() -> Iterator[EmbeddingCache | None]:
+    """The run's embedding cache, so that an asset reads the vectors earlier assets made instead of encoding the
+    same texts again; None while another process writes it (the asset then encodes by itself)."""
+    try:
+        cache = EmbeddingCache(default_cache_path())
+    except duckdb.IOException:
+        yield None
+        return
+    try:
+        yield cache
+    finally:
+        cache.close()

@@ -10,6 +10,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from threadembed_assets.benchmark.assets import chat_ranker, ranker_model
+from threadembed_assets.benchmark.retrievers import model_key, shared_embeddings
 from threadembed_assets.benchmark.tasks import TaskConfig, all_tasks, task_kind
 from threadembed_assets.search.index import ONNX_MODEL, ChatIndex
 from threadembed_assets.search.onnx import (
@@ -77,7 +78,15 @@ def onnx_model(
         ]
     if not tasks:
         raise dg.Failure(description="onnx_model: no dev-split thread or next-message queries to measure it on")
-    comparison = compare_encoders(reference, OnnxEncoder(folder), tasks, compute.eval_batch_size)
+    with shared_embeddings() as cache:  # chat_ranker encoded these dev texts with this model already
+        comparison = compare_encoders(
+            reference,
+            OnnxEncoder(folder),
+            tasks,
+            compute.eval_batch_size,
+            cache=cache,
+            reference_key=model_key(model_path),
+        )
     worst = min(row["mrr@10_candidate"] - row["mrr@10_reference"] for row in comparison["tasks"].values())
     serves = worst >= -config.tolerance
     exported.update(dev=comparison, serves=serves, tolerance=config.tolerance)
@@ -131,9 +140,15 @@ def conversation_index(
     started = time.perf_counter()
     with connect(warehouse, read_only=True) as con:
         lines = ChatIndex.read_lines(con, source)
-    index = ChatIndex.from_lines(
-        lines, models=models, device=compute.resolve_device(), ann=True, batch_size=compute.eval_batch_size
-    )
+    with shared_embeddings() as cache:  # onnx_model's dev check encoded many of these conversations
+        index = ChatIndex.from_lines(
+            lines,
+            models=models,
+            device=compute.resolve_device(),
+            ann=True,
+            batch_size=compute.eval_batch_size,
+            encoded=cache,
+        )
     encoded = time.perf_counter() - started
     by_split: dict[str, list[str]] = {}
     for cid, conversation in index.lines.by_conversation.items():

@@ -227,6 +227,7 @@ class ChatIndex:
         doc_vectors: np.ndarray | None = None,
         ann: bool | None = None,
         batch_size: int = 64,
+        encoded: CachedEncoder | None = None,
     ):
         self.lines = lines
         self.source = lines.name
@@ -252,8 +253,8 @@ class ChatIndex:
             self.vectors, self.bm25, manifest = self.stored
             self.new_threshold = manifest.get("new_threshold") or {}
         else:
-            if doc_vectors is None:
-                doc_vectors = self.cache.encode(self.encoder, self.key, self.docs, batch_size)
+            if doc_vectors is None:  # `encoded`: vectors earlier assets of the run made with this model
+                doc_vectors = (encoded or self.cache).encode(self.encoder, self.key, self.docs, batch_size)
             self.vectors = VectorIndex.build(doc_vectors, ann)
             self.bm25 = bm25s.BM25()
             self.bm25.index(bm25s.tokenize(self.docs, stopwords="en", show_progress=False), show_progress=False)

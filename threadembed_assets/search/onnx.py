@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from threadembed_assets.benchmark.metrics import paired_test, verdict
-from threadembed_assets.benchmark.retrievers import dense_scores
+from threadembed_assets.benchmark.retrievers import CachedEncoder, dense_scores
 from threadembed_assets.benchmark.score import scored
 from threadembed_assets.benchmark.tasks import Task
 
@@ -144,21 +144,29 @@ def exported_from(folder: Path | None) -> str | None:
     return json.loads((Path(folder) / CONFIG_FILE).read_text()).get("source_model")
 
 
-def compare_encoders(reference, candidate, tasks: list[Task], batch_size: int = 64) -> dict:
-    """Dense MRR@10 of `reference` (the PyTorch model) and `candidate` (its export) on the same tasks, by task,
-    with the paired difference and its verdict, and the encoding speed of each on the tasks' texts (texts/s,
-    timed over the same texts in the same run)."""
-    by_task, seconds = {}, {"reference": 0.0, "candidate": 0.0}
-    texts = 0
+def compare_encoders(
+    reference,
+    candidate,
+    tasks: list[Task],
+    batch_size: int = 64,
+    *,
+    cache: CachedEncoder | None = None,
+    reference_key: str = "",
+    speed_texts: int = 512,
+) -> dict:
+    """Dense MRR@10 of `reference` (the PyTorch model, `reference_key` its cache key) and `candidate` (its export)
+    on the same tasks, by task, with the paired difference and its verdict, and the encoding speed of each (texts/s,
+    both timed on the same first `speed_texts` texts of the tasks in the same run). With `cache`, vectors either
+    model already has for a text are read from it and new ones kept, so that no text is encoded twice by one model
+    across the run's assets."""
+    encoders = {"reference": (reference, reference_key), "candidate": (candidate, candidate.key)}
+    by_task = {}
     for task in tasks:
         scores = {}
-        for name, encoder in (("reference", reference), ("candidate", candidate)):
-            started = time.perf_counter()
-            queries = np.asarray(encoder.encode(task.queries, batch_size=batch_size, convert_to_numpy=True))
-            docs = np.asarray(encoder.encode(task.docs, batch_size=batch_size, convert_to_numpy=True))
-            seconds[name] += time.perf_counter() - started
+        for name, (encoder, key) in encoders.items():
+            queries = _encoded(encoder, key, task.queries, batch_size, cache)
+            docs = _encoded(encoder, key, task.docs, batch_size, cache)
             scores[name] = scored(name, "dense", None, task, dense_scores(queries, docs)).mrr()
-        texts += len(task.queries) + len(task.docs)
         delta, p_value = paired_test(scores["candidate"], scores["reference"])
         by_task[task.name] = {
             "queries": len(task.queries),
@@ -168,10 +176,22 @@ def compare_encoders(reference, candidate, tasks: list[Task], batch_size: int = 
             "p_value": round(float(p_value), 4),
             "verdict": verdict(delta, p_value),
         }
+    sample = [text for task in tasks for text in [*task.queries, *task.docs]][:speed_texts]
+    seconds = {}
+    for name, (encoder, _) in encoders.items():
+        started = time.perf_counter()
+        encoder.encode(sample, batch_size=batch_size, convert_to_numpy=True)
+        seconds[name] = time.perf_counter() - started
     return {
         "tasks": by_task,
-        "texts": texts,
-        "texts_per_second_reference": round(texts / max(seconds["reference"], 1e-9), 1),
-        "texts_per_second_candidate": round(texts / max(seconds["candidate"], 1e-9), 1),
+        "texts": len(sample),
+        "texts_per_second_reference": round(len(sample) / max(seconds["reference"], 1e-9), 1),
+        "texts_per_second_candidate": round(len(sample) / max(seconds["candidate"], 1e-9), 1),
         "speedup": round(seconds["reference"] / max(seconds["candidate"], 1e-9), 2),
     }
+
+
+def _encoded(encoder, key: str, texts: list[str], batch_size: int, cache: CachedEncoder | None) -> np.ndarray:
+    if cache is not None:
+        return cache.encode(encoder, key, texts, batch_size)
+    return np.asarray(encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True))
