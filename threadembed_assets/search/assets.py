@@ -150,12 +150,9 @@ def conversation_index(
             encoded=cache,
         )
     encoded = time.perf_counter() - started
-    by_split: dict[str, list[str]] = {}
-    for cid, conversation in index.lines.by_conversation.items():
-        by_split.setdefault(conversation[0].split, []).append(cid)
-    threshold = index.tune_new_threshold(by_split.get("dev"), max_messages=config.tune_messages)
+    threshold = index.tune_new_threshold(index.conversations_of_split("dev") or None, max_messages=config.tune_messages)
     # Measured on what they were not made from: test-split messages, never tuned on, never in the index as queries.
-    held_out = by_split.get("test") or index.conversation_ids
+    held_out = index.conversations_of_split("test") or index.conversation_ids
     is_new = index.new_accuracy(held_out, max_messages=config.tune_messages)
     recall = index.ann_recall(held_out, config.recall_sample)
     build, manifest = save_index(

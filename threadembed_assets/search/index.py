@@ -355,8 +355,7 @@ class ChatIndex:
             lines = cls.read_lines(con, source)
         index = cls.from_lines(lines, model, ranker, models=models, use_stored=True, onnx=onnx)
         if not index.new_threshold:
-            dev = [cid for cid, lines in index.lines.by_conversation.items() if lines[0].split == "dev"]
-            index.tune_new_threshold(dev or None)
+            index.tune_new_threshold(index.conversations_of_split("dev") or None)
         return index
 
     # -- search ------------------------------------------------------------------------------------------------
@@ -589,9 +588,12 @@ class ChatIndex:
         confidences, labels = map(np.array, self._new_samples(conversations, max_messages, seed))
         if threshold is None or labels.all() or not labels.any():
             return None
-        predicted = confidences < threshold
-        accuracy = 0.5 * (predicted[labels].mean() + (~predicted[~labels]).mean())
-        return {"balanced_accuracy": round(float(accuracy), 4), "messages": len(labels)}
+        accuracy = balanced_accuracy(confidences < threshold, labels)
+        return {"balanced_accuracy": round(accuracy, 4), "messages": len(labels)}
+
+    def conversations_of_split(self, split: str) -> list[str]:
+        """Ids of the archive's conversations of one split (`train`, `dev`, `test`), in the archive's order."""
+        return [cid for cid, lines in self.lines.by_conversation.items() if lines[0].split == split]
 
     def _thread_scorer(self) -> str:
         return CHAT_RANKER if self.ranker is not None and self.ranker.ranks("thread") else "fusion"
@@ -630,11 +632,15 @@ def best_threshold(confidences: np.ndarray, is_new: np.ndarray) -> tuple[float, 
     """(threshold, balanced accuracy) of the rule `new when confidence < threshold` that is best on these."""
     best = (float("-inf"), 0.0)
     for threshold in np.unique(confidences):
-        predicted = confidences < threshold
-        accuracy = 0.5 * (predicted[is_new].mean() + (~predicted[~is_new]).mean())
+        accuracy = balanced_accuracy(confidences < threshold, is_new)
         if accuracy > best[1]:
-            best = (float(threshold), float(accuracy))
+            best = (float(threshold), accuracy)
     return best[0], round(best[1], 4)
+
+
+def balanced_accuracy(predicted_new: np.ndarray, is_new: np.ndarray) -> float:
+    """The mean of the shares of first messages called new and of later messages called not new."""
+    return float(0.5 * (predicted_new[is_new].mean() + (~predicted_new[~is_new]).mean()))
 
 
 def resolve_ranker(ranker: str | ChatRanker | bool | None, models: ModelStore) -> ChatRanker | None:

@@ -8,7 +8,7 @@ from threadembed_assets.sources.chat_jsonl import chat_jsonl_part, looks_like_ch
 from threadembed_assets.sources.config import SourceConfigError
 from threadembed_assets.sources.discord import is_discord_export, read_discord_export
 from threadembed_assets.sources.irc import is_irc_log, read_irc_log
-from threadembed_assets.sources.schema import RawPiece, batched, error_row
+from threadembed_assets.sources.schema import RawPiece, batched, error_row, file_head
 from threadembed_assets.sources.slack import (
     is_slack_export_dir,
     is_slack_export_zip,
@@ -23,18 +23,13 @@ class EmptyImportsError(SourceConfigError):
     """The imports folder is missing or holds no files."""
 
 
-def _head(path: Path, size: int = 8192) -> str:
-    with path.open("rb") as handle:
-        return handle.read(size).decode("utf-8", errors="replace")
-
-
 def detect_format(path: Path) -> str | None:
     """The import format of a file or folder, or None when it is none of IMPORT_FORMATS."""
     if path.is_dir():
         return "slack_export" if is_slack_export_dir(path) else None
     if path.suffix.lower() == ".zip":
         return "slack_export" if is_slack_export_zip(path) else None
-    head = _head(path)
+    head = file_head(path)
     first_line = head.lstrip().split("\n", 1)[0]
     if looks_like_chat_jsonl(first_line):
         return "chat_jsonl"
@@ -100,4 +95,4 @@ def read_imports(
             yield from batched(read_irc_log(unit, source, irc_start_day, root=folder))
         else:
             reason = f"unknown_format: not one of {', '.join(IMPORT_FORMATS)}"
-            yield from batched([error_row(source, "unknown", unit.name, 0, reason, _head(unit, 500))])
+            yield from batched([error_row(source, "unknown", unit.name, 0, reason, file_head(unit, 500))])

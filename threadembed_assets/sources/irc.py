@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 
-from threadembed_assets.sources.schema import error_row
+from threadembed_assets.sources.schema import error_row, file_head
 
 IRC_LINE = re.compile(r"^\[(\d{1,2}):(\d{2})(?::(\d{2}))?\]\s+(?:<[@+%~&]?([^>\s]+)>|\*\s+(\S+))\s?(.*)$")
 _SYSTEM_LINE = re.compile(r"^\[\d{1,2}:\d{2}(?::\d{2})?\]\s+(?:\*\*\*|-->|<--|--|-!-)")
@@ -41,8 +41,7 @@ def irc_channel(path: Path, root: Path | None = None) -> str:
     folders = path.parent.relative_to(root).parts if root is not None and path.is_relative_to(root) else ()
     if named := next((folder for folder in reversed(folders) if folder[:1] in "#&"), None):
         return named
-    with path.open("rb") as handle:
-        head = handle.read(8192).decode("utf-8", errors="replace").splitlines()[:50]
+    head = file_head(path).splitlines()[:50]
     if header := next((found for line in head if (found := _CHANNEL_HEADER.match(line))), None):
         return header.group(1)
     name = _DATE_IN_NAME.sub("", path.stem)

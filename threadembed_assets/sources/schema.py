@@ -113,3 +113,9 @@ class ParquetPart:
 
 RawPiece = pa.RecordBatch | ParquetPart
 """What loaders yield: record batches, or parts that write themselves."""
+
+
+def file_head(path: Path, size: int = 8192) -> str:
+    """The first `size` bytes of a file as text (undecodable bytes replaced), for telling its format or header."""
+    with path.open("rb") as handle:
+        return handle.read(size).decode("utf-8", errors="replace")
