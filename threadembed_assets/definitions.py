@@ -7,6 +7,7 @@ from dagster_duckdb import DuckDBResource
 
 from threadembed_assets import settings
 from threadembed_assets.benchmark.assets import BENCHMARK_ASSETS
+from threadembed_assets.disentangle.assets import disentangler
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.checks import build_pair_quality_check
 from threadembed_assets.search.assets import SEARCH_ASSETS
@@ -48,6 +49,7 @@ ASSETS = [
     conversation_summaries,
     *PAIR_ASSETS,
     *TRAINING_ASSETS,
+    disentangler,
     *BENCHMARK_ASSETS,
     *SEARCH_ASSETS,
 ]

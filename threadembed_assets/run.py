@@ -11,40 +11,63 @@ import dagster as dg
 
 from threadembed_assets import settings
 from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
+from threadembed_assets.disentangle.assets import DEV_LINE
 from threadembed_assets.pairs.build import STRATEGIES
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.training.assets import STAGES
 from threadembed_assets.training.presets import (
     BENCHMARK_QUERIES,
+    DISENTANGLER_ROUNDS,
     INDEX_TUNE_MESSAGES,
     MINING_ANCHORS,
     ONNX_DEV_QUERIES,
     RANKER_QUERIES,
+    RUN_LEAVES_OUT,
 )
 from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.schema import table_names
 
 
-def run_pipeline(source: str, preset: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Materialize `raw_messages` and everything downstream of it for partition `source`, checks included."""
-    selection = dg.AssetSelection.assets("raw_messages").downstream()
+def left_out(preset: str, all_stages: bool) -> tuple[str, ...]:
+    """The assets a run of `preset` leaves out (none with `all_stages`)."""
+    return () if all_stages else RUN_LEAVES_OUT.get(preset, ())
+
+
+def run_selection(preset: str, all_stages: bool = False) -> dg.AssetSelection:
+    """`raw_messages` and everything downstream of it, checks included, but for what the preset leaves out."""
+    return dg.AssetSelection.assets("raw_messages").downstream() - dg.AssetSelection.assets(
+        *left_out(preset, all_stages)
+    )
+
+
+def op_config(preset: str, all_stages: bool = False) -> dict:
+    """The preset's budgets, per asset the run materializes."""
+    ops = {
+        **{stage: {"config": {"preset": preset}} for stage in STAGES},
+        "hard_negative_pairs": {"config": {"max_anchors": MINING_ANCHORS[preset]}},
+        "chat_ranker": {"config": {"max_queries": RANKER_QUERIES[preset]}},
+        "benchmark_tasks": {"config": {"max_queries": BENCHMARK_QUERIES[preset]}},
+        "onnx_model": {"config": {"max_queries": ONNX_DEV_QUERIES[preset]}},
+        "conversation_index": {"config": {"tune_messages": INDEX_TUNE_MESSAGES[preset]}},
+        "disentangler": {"config": {"n_estimators": DISENTANGLER_ROUNDS[preset]}},
+    }
+    return {name: config for name, config in ops.items() if name not in left_out(preset, all_stages)}
+
+
+def run_pipeline(
+    source: str, preset: str, instance: dg.DagsterInstance, all_stages: bool = False
+) -> dg.ExecuteInProcessResult:
+    """Materialize `run_selection(preset, all_stages)` for partition `source`."""
     return dg.materialize(
         [*ASSETS, *ASSET_CHECKS],
-        selection=selection,
+        selection=run_selection(preset, all_stages),
         partition_key=source,
         instance=instance,
         resources=build_resources(),
         tags={"threadembed/preset": preset},
         run_config={
             "loggers": {"console": {"config": {"log_level": "INFO"}}},
-            "ops": {
-                **{stage: {"config": {"preset": preset}} for stage in STAGES},
-                "hard_negative_pairs": {"config": {"max_anchors": MINING_ANCHORS[preset]}},
-                "chat_ranker": {"config": {"max_queries": RANKER_QUERIES[preset]}},
-                "benchmark_tasks": {"config": {"max_queries": BENCHMARK_QUERIES[preset]}},
-                "onnx_model": {"config": {"max_queries": ONNX_DEV_QUERIES[preset]}},
-                "conversation_index": {"config": {"tune_messages": INDEX_TUNE_MESSAGES[preset]}},
-            },
+            "ops": op_config(preset, all_stages),
         },
         raise_on_error=False,
     )
@@ -120,6 +143,12 @@ def summary(source: str, result: dg.ExecuteInProcessResult) -> str:
                 + f"; fit on {meta['fit_queries'].value} {meta['fit_split'].value}-split queries, chosen on "
                 f"{meta['choice_queries'].value} other dev queries  ({meta['path'].value})"
             )
+        if name == "disentangler":
+            lines.append(
+                f"disentangler: {meta['channels'].data['dev']} held-out channels, link F / VI / one-to-one / "
+                f"conversation F {' / '.join(str(meta[f'dev_{m}'].value) for m in DEV_LINE)}; Previous "
+                f"{' / '.join(str(meta[f'previous_{m}'].value) for m in DEV_LINE)}  ({meta['path'].value})"
+            )
         if name == "onnx_model":
             lines.append(
                 f"onnx_model: int8 export {meta['speedup_vs_pytorch'].value}x PyTorch's encoding speed, dev MRR@10 "
@@ -168,14 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="ubuntu_irc", choices=sorted(SOURCES))
     parser.add_argument("--preset", default="cpu", choices=sorted(MINING_ANCHORS))
+    parser.add_argument(
+        "--all-stages", action="store_true", help="Also run what the preset leaves out (cpu: stages 2 and 3)."
+    )
     args = parser.parse_args(argv)
     instance = dg.DagsterInstance.get()
-    result = run_pipeline(args.source, args.preset, instance)
+    result = run_pipeline(args.source, args.preset, instance, args.all_stages)
     for event in result.all_events:
         if event.is_step_failure:
             print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
     print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
     print(summary(args.source, result))
+    if skipped := left_out(args.preset, args.all_stages):
+        print(f"left out by preset {args.preset}: {', '.join(skipped)} (--all-stages runs them)")
     print(step_seconds(instance, result.run_id))
     return 0 if result.success else 1
 

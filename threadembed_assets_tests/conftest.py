@@ -14,7 +14,8 @@ from threadembed_assets.settings import exit_quietly
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-SHARED_IRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "irc"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_IRC = SHARED_DATA / "irc"
 
 
 def raw_rows(pieces, folder: Path) -> list[dict]:
@@ -32,9 +33,9 @@ def raw_rows(pieces, folder: Path) -> list[dict]:
     return table.to_pylist()
 
 
-def need_shared(name: str) -> Path:
-    """A file of ../shared/data/irc; skipped without it on a user's machine, a failure under CI=true."""
-    path = SHARED_IRC / name
+def need_shared(name: str, corpus: str = "irc") -> Path:
+    """A file of ../shared/data/<corpus>; skipped without it on a user's machine, a failure under CI=true."""
+    path = SHARED_DATA / corpus / name
     if not path.exists():
         message = f"{path} not found: real-data tests need ../shared beside the checkout"
         if os.environ.get("CI", "").lower() == "true":

@@ -3,6 +3,7 @@
 import re
 
 from threadembed_assets import run
+from threadembed_assets.definitions import defs
 from threadembed_assets.training.assets import STAGES
 
 
@@ -21,6 +22,7 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
     assert "conversation_index: " in out and "ANN recall@10 " in out and "ranker chat_ranker" in out
     assert "chat_ranker: thread " in out and "response_message " in out and "dev MRR@10" in out
     assert re.search(r"fit on \d+ train-split queries, chosen on \d+ other dev queries", out)
+    assert re.search(r"disentangler: \d+ held-out channels, link F / VI / one-to-one / conversation F [\d.]+ / ", out)
     assert "is_new balanced accuracy " in out and " on test messages (tuned on dev: " in out
     timings = next(line for line in out.splitlines() if line.startswith("seconds per step ("))
     assert re.search(r"raw_messages \d+, messages \d+", timings) and "thread_model " in timings
@@ -34,3 +36,16 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
         *[(s, "dense") for s in STAGES],
     ]:
         assert f"| {model} | {retriever} |" in table
+
+
+def test_the_cpu_run_leaves_out_stages_2_and_3_and_their_checks_unless_asked():
+    graph = defs.resolve_asset_graph()
+    skipped = {"retrieval_model", "hard_negative_pairs", "hard_negative_model"}
+    for preset, all_stages, expect_skipped in [("cpu", False, True), ("cpu", True, False), ("smoke", False, False)]:
+        selection = run.run_selection(preset, all_stages)
+        assets = {key.to_user_string() for key in selection.resolve(graph)}
+        checks = {key.asset_key.to_user_string() for key in selection.resolve_checks(graph)}
+        assert {"thread_model", "chat_ranker", "conversation_index"} <= assets
+        assert (skipped.isdisjoint(assets) and "hard_negative_pairs" not in checks) == expect_skipped
+        assert (skipped <= assets) == (not expect_skipped)
+        assert set(run.op_config(preset, all_stages)) <= assets  # config for an asset not run is a config error

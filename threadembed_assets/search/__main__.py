@@ -15,23 +15,7 @@ from pathlib import Path
 
 from threadembed_assets import settings
 from threadembed_assets.search.index import ChatIndex, Hit
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The messages of a chat JSONL file; a line that is not a JSON object is a clear error naming it."""
-    messages = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(message, dict):
-                raise ValueError(f"{path}:{number}: a message is a JSON object")
-            messages.append(message)
-    return messages
+from threadembed_assets.sources.chat_jsonl import read_messages
 
 
 def format_hits(hits: list[Hit]) -> str:
@@ -60,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--k must be between 1 and 1000")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        messages = read_jsonl(args.thread) if args.thread else None
+        messages = read_messages(args.thread) if args.thread else None
         index = ChatIndex.from_warehouse(args.source)
         if messages is None:
             hits = index.search(args.query, k=args.k, channel=args.channel, since=args.since, until=args.until)

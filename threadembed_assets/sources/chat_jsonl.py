@@ -143,3 +143,20 @@ def looks_like_chat_jsonl(first_line: str) -> bool:
     except json.JSONDecodeError:
         return False
     return isinstance(record, dict) and "text" in record and "message_id" in record
+
+
+def read_messages(path: Path) -> list[dict]:
+    """The messages of a chat JSONL file, as they are; a line that is not a JSON object is a clear error naming it."""
+    messages = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            if not isinstance(message, dict):
+                raise ValueError(f"{path}:{number}: a message is a JSON object")
+            messages.append(message)
+    return messages

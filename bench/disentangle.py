@@ -1,0 +1,80 @@
+"""Disentanglement on the IRC corpus's dev split: the online linker against "Previous" and silence cuts, and its speed.
+
+    python bench/disentangle.py CORPUS [--train-files 30] [--model PATH]
+
+CORPUS is the IRC disentanglement corpus in its own format (`train/` and `dev/` of `<stem>.raw.txt` and
+`<stem>.annotation.txt`). The linker is fitted on --train-files logs of the train split (evenly spaced in name
+order), its new-conversation bias tuned on 10 other train logs, and it and the baselines are scored on every dev log
+with the paper's metrics, with the model's similarity (--model: the best published stage by default) and without
+it. Speed: messages per second of linking the dev split end to end, encoding included, against encoding the same
+messages alone in the same run.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from threadembed_assets.benchmark.assets import ranker_model
+from threadembed_assets.benchmark.retrievers import shared_embeddings
+from threadembed_assets.disentangle.assets import METRICS, compare, sentence_encoder
+from threadembed_assets.disentangle.corpus import read_split
+from threadembed_assets.disentangle.linker import fit, tune_new_bias
+from threadembed_assets.settings import exit_quietly
+from threadembed_assets.training.resources import ModelStore
+
+PUBLISHED_TEST = {  # Kummerfeld et al. (ACL 2019), test split: theirs, for reference, not measured here
+    "feedforward (paper, test)": (None, None, 72.3, 91.3, 75.6, None, None, 36.2),
+    "10-model vote (paper, test)": (None, None, 73.5, 91.5, 76.0, None, None, 38.0),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--train-files", type=int, default=30)
+    parser.add_argument("--model", help="The model whose similarity the linker reads (default: the best published).")
+    args = parser.parse_args()
+    train, dev = read_split(args.corpus / "train"), read_split(args.corpus / "dev")
+    step = max(len(train) // (args.train_files + 10), 1)
+    picked = train[::step][: args.train_files + 10]
+    fit_logs, tune_logs = picked[: args.train_files], picked[args.train_files :]
+    model_path = args.model or ranker_model(ModelStore())
+    rows: dict[str, dict] = {}
+    with shared_embeddings() as cache:  # a re-run reads the vectors of the run before
+        with_model = sentence_encoder(model_path, "cpu", 64, cache)
+        for name, encode in [("text and chat", None), ("with the model", with_model)]:
+            started = time.perf_counter()
+            linker = fit(fit_logs, encode)
+            tune_new_bias(linker, tune_logs, encode)
+            print(f"fitted ({name}) on {sum(len(g) for g in fit_logs)} lines in {time.perf_counter() - started:.0f} s")
+            scores = compare(linker, dev, encode)
+            rows.update({k: v for k, v in scores.items() if k != "disentangler"})
+            rows[f"disentangler ({name})"] = scores["disentangler"]
+    annotated = sum(len(log.annotated()) for log in dev)
+    print(f"\ndev split, {len(dev)} logs, {annotated} annotated lines; model {model_path}")
+    print("| system | " + " | ".join(METRICS) + " |")
+    print("|" + " --- |" * (len(METRICS) + 1))
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(f"{row[m]:.1f}" for m in METRICS) + " |")
+    for name, values in PUBLISHED_TEST.items():
+        print(f"| {name} | " + " | ".join("" if v is None else f"{v:.1f}" for v in values) + " |")
+    encode = sentence_encoder(model_path, "cpu", 64, None)  # speed: nothing cached, the last linker
+    texts = [t for log in dev for t in log.texts]
+    started = time.perf_counter()
+    encode(texts)
+    bare = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for log in dev:
+        linker.link(log, encode)
+    linked = len(texts) / (time.perf_counter() - started)
+    print(
+        f"\nspeed: {linked:.0f} messages/s linked end to end (encoding included), {bare:.0f} messages/s encoded alone: "
+        f"{linked / bare:.2f}x bare encoding ({len(texts)} messages, {np.mean([len(t) for t in texts]):.0f} chars)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    exit_quietly(main())

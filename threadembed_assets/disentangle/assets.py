@@ -1,0 +1,209 @@
+"""`disentangler`: the online linker fitted on every source with gold reply links, measured on channels it never saw
+against "Previous" and silence cuts, published as `models/disentangler/latest`."""
+
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from threadembed_assets.benchmark.assets import ranker_model
+from threadembed_assets.benchmark.retrievers import model_key, shared_embeddings
+from threadembed_assets.disentangle.baselines import previous_parents, silence_parents
+from threadembed_assets.disentangle.corpus import Log, log_from_messages, read_split
+from threadembed_assets.disentangle.features import DEFAULT_WINDOW
+from threadembed_assets.disentangle.linker import (
+    Encode,
+    Linker,
+    LinkerParams,
+    conversation_objective,
+    fit,
+    save_linker,
+    tune_new_bias,
+)
+from threadembed_assets.disentangle.metrics import score_logs
+from threadembed_assets.training.assets import thread_model
+from threadembed_assets.training.resources import ComputeResource, ModelStore
+from threadembed_assets.training.train import load_model
+from threadembed_assets.versions import code_version
+from threadembed_assets.warehouse.assets import messages
+from threadembed_assets.warehouse.connection import connect
+
+DISENTANGLER = "disentangler"  # the asset and its models/ folder
+SILENCE_MINUTES = (2, 30)
+DEV_LINE = ("link_f", "vi", "one_to_one", "conversation_f")  # the metrics a run's summary shows
+METRICS = (
+    "link_precision",
+    "link_recall",
+    "link_f",
+    "vi",
+    "one_to_one",
+    "conversation_precision",
+    "conversation_recall",
+    "conversation_f",
+)
+
+
+class DisentanglerConfig(dg.Config):
+    """Run config of `disentangler`."""
+
+    window: int = Field(default=DEFAULT_WINDOW, description="Lines before a message that may be its parent.")
+    dev_share: float = Field(default=0.15, description="Share of channels held out to report on.")
+    tune_share: float = Field(
+        default=0.15, description="Share of other channels held out to tune the new-conversation bias on."
+    )
+    dense: bool = Field(
+        default=True, description="Read the similarity of the model the chat ranker reads (else text and chat only)."
+    )
+    n_estimators: int = Field(default=300, description="Boosting rounds of the lambdarank model.")
+    corpus_dev: str = Field(
+        default="",
+        description="A folder of logs in the IRC disentanglement corpus's own format (`<stem>.raw.txt` and "
+        "`<stem>.annotation.txt`, e.g. its dev split) to score on as well, beside the baselines.",
+    )
+
+
+def channel_share(source: str, channel: str) -> float:
+    """A stable number in [0, 1) per channel, which decides its split."""
+    return zlib.crc32(f"{source}/{channel}".encode()) / 2**32
+
+
+def linked_logs(con, window: int) -> list[tuple[str, Log]]:
+    """(source, log) of every channel of every source with reply links, in channel order."""
+    rows = con.execute(
+        """
+        SELECT source, coalesce(channel, ''), message_id, reply_to, author, epoch(ts), text FROM messages
+        WHERE source IN (SELECT source FROM messages GROUP BY source HAVING count(reply_to) > 0)
+        ORDER BY source, channel, ts, length(message_id), message_id
+        """
+    ).fetchall()
+    logs, start = [], 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end][:2] != rows[start][:2]:
+            source, channel = rows[start][:2]
+            logs.append((source, log_from_messages(f"{source}/{channel}", [r[2:] for r in rows[start:end]])))
+            start = end
+    return logs
+
+
+def split_logs(logs: Sequence[tuple[str, Log]], dev_share: float, tune_share: float) -> dict[str, list[Log]]:
+    """Channels to fit on, to tune the bias on, and to report on, by `channel_share`; at least one channel each
+    where there are three or more (with two: the bias is tuned on the dev channel; with one: nothing to hold out)."""
+    ordered = sorted(logs, key=lambda item: channel_share(item[0], item[1].name))
+    shares = [channel_share(source, log.name) for source, log in ordered]
+    n_dev = max(sum(s < dev_share for s in shares), 1 if len(ordered) >= 2 else 0)
+    n_tune = max(sum(dev_share <= s < dev_share + tune_share for s in shares), 1 if len(ordered) >= 3 else 0)
+    channels = [log for _, log in ordered]
+    dev, tune, rest = channels[:n_dev], channels[n_dev : n_dev + n_tune], channels[n_dev + n_tune :]
+    return {"fit": rest, "tune": tune or dev, "dev": dev}
+
+
+def sentence_encoder(model_path: str, device: str, batch_size: int, cache) -> Encode:
+    """Texts -> the model's L2-normalised vectors, through the run's embedding cache where there is one."""
+    model, key = load_model(model_path, device), model_key(model_path)
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        vectors = (
+            cache.encode(model, key, texts, batch_size)
+            if cache is not None
+            else model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+        )
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    return encode
+
+
+def compare(linker: Linker, logs: Sequence[Log], encode: Encode | None) -> dict[str, dict]:
+    """The linker and the baselines on the same logs, every metric."""
+    systems = {"disentangler": lambda log: linker.link(log, encode), "previous": previous_parents}
+    systems.update({f"silence_{m}min": (lambda log, m=m: silence_parents(log, m)) for m in SILENCE_MINUTES})
+    return {name: score_logs(logs, {log.name: link(log) for log in logs}) for name, link in systems.items()}
+
+
+def _table(scores: dict[str, dict]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        [dg.TableRecord({"system": name, **{m: round(row[m], 1) for m in METRICS}}) for name, row in scores.items()]
+    )
+
+
+@dg.asset(
+    code_version=code_version("disentangle"),
+    group_name="training",
+    deps=[messages, thread_model],
+    kinds={"lightgbm"},
+    output_required=False,
+)
+def disentangler(
+    context: dg.AssetExecutionContext,
+    config: DisentanglerConfig,
+    warehouse: DuckDBResource,
+    compute: ComputeResource,
+    models: ModelStore,
+) -> Iterator[dg.MaterializeResult]:
+    """An online linker: each message's parent among the `window` lines before it (or itself: a new conversation),
+    ranked by LightGBM lambdarank over time, speakers, addressing and mentions, TF-IDF and the model's similarity,
+    from what is known when the message arrives. Fitted on the channels of every source with gold reply links, its
+    new-conversation bias tuned on other channels, and scored on held-out channels beside "Previous" and silence
+    cuts (and on `corpus_dev`, when given). Published as `models/disentangler/latest`."""
+    with connect(warehouse, read_only=True) as con:
+        logs = linked_logs(con, config.window)
+    splits = split_logs(logs, config.dev_share, config.tune_share)
+    if not splits["fit"]:
+        context.log.warning(
+            f"disentangler: not materialized: it needs 2+ channels with reply links (one to fit on, one to hold out), "
+            f"the warehouse has {len(logs)} (chat JSONL with `reply_to`, such as ubuntu_irc, has them)"
+        )
+        return
+    encoder = ranker_model(models) if config.dense else None
+    params = LinkerParams(window=config.window, n_estimators=config.n_estimators)
+    with shared_embeddings() as cache:
+        encode = (
+            sentence_encoder(encoder, compute.resolve_device(), compute.eval_batch_size, cache) if encoder else None
+        )
+        linker = fit(splits["fit"], encode, params)
+        tried = tune_new_bias(linker, splits["tune"], encode)
+        scores = compare(linker, splits["dev"], encode)
+        corpus = compare(linker, read_split(Path(config.corpus_dev)), encode) if config.corpus_dev else None
+    folder = models.asset_dir(DISENTANGLER) / context.run_id
+    card = {
+        "encoder": encoder,
+        "window": config.window,
+        "new_bias": linker.new_bias,
+        "channels": {split: [log.name for log in group] for split, group in splits.items()},
+        "dev": scores,
+        "corpus_dev": corpus,
+        "importances": linker.importances,
+    }
+    save_linker(linker, folder, card)
+    models.publish(DISENTANGLER, folder)
+    mine = scores["disentangler"]
+    context.log.info(
+        f"disentangler: dev ({len(splits['dev'])} held-out channels) link F {mine['link_f']:.1f}, VI {mine['vi']:.1f}, "
+        f"one-to-one {mine['one_to_one']:.1f}, conversation F {mine['conversation_f']:.1f}; Previous link F "
+        f"{scores['previous']['link_f']:.1f}, VI {scores['previous']['vi']:.1f}"
+    )
+    metadata = {
+        "dev": _table(scores),
+        "importances": dg.MetadataValue.table(
+            [
+                dg.TableRecord({"feature": f, "gain_share": g})
+                for f, g in sorted(linker.importances.items(), key=lambda item: -item[1])
+            ]
+        ),
+        "new_bias": linker.new_bias,
+        "new_bias_tuned_on": f"{len(splits['tune'])} channels, conversation metrics' mean "
+        f"{conversation_objective(tried[linker.new_bias]):.1f}",
+        "channels": {split: len(group) for split, group in splits.items()},
+        "messages": sum(len(log) for _, log in logs),
+        "encoder": encoder or "none (text and chat signals only)",
+        "path": dg.MetadataValue.path(str(folder)),
+        **{f"dev_{m}": round(mine[m], 1) for m in METRICS},
+        **{f"previous_{m}": round(scores["previous"][m], 1) for m in DEV_LINE},
+    }
+    if corpus:
+        metadata["corpus_dev"] = _table(corpus)
+    yield dg.MaterializeResult(metadata=metadata)
