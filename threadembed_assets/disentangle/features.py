@@ -181,7 +181,7 @@ def log_features(log: Log, window: int, tfidf: sparse.csr_matrix, dense: np.ndar
         "tfidf": tfidf_cos,
         "tfidf_rank": _rank(np.where(i == j, -1.0, tfidf_cos), grid.mask),
         "dense": dense_cos,
-        "dense_rank": _rank(np.where(i == j, -1.0, np.nan_to_num(dense_cos, nan=0.0)), grid.mask),
+        "dense_rank": _rank(np.where(i == j, -1.0, dense_cos), grid.mask) if dense is not None else dense_cos,
         "message_question": question[i],
         "candidate_question": question[j],
         "message_words": np.log1p(words[i]),
