@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from threadembed_assets.benchmark.assets import ranker_model
+from threadembed_assets.benchmark.metrics import paired_test, verdict
 from threadembed_assets.benchmark.retrievers import shared_embeddings
 from threadembed_assets.disentangle.assets import METRICS, compare, sentence_encoder
 from threadembed_assets.disentangle.corpus import read_split
 from threadembed_assets.disentangle.linker import fit, tune_new_bias
+from threadembed_assets.disentangle.metrics import line_hits
 from threadembed_assets.settings import exit_quietly
 from threadembed_assets.training.resources import ModelStore
 
@@ -42,6 +44,7 @@ def main() -> int:
     fit_logs, tune_logs = picked[: args.train_files], picked[args.train_files :]
     model_path = args.model or ranker_model(ModelStore())
     rows: dict[str, dict] = {}
+    hits: dict[str, np.ndarray] = {}
     with shared_embeddings() as cache:  # a re-run reads the vectors of the run before
         with_model = sentence_encoder(model_path, "cpu", 64, cache)
         for name, encode in [("text and chat", None), ("with the model", with_model)]:
@@ -52,6 +55,7 @@ def main() -> int:
             scores = compare(linker, dev, encode)
             rows.update({k: v for k, v in scores.items() if k != "disentangler"})
             rows[f"disentangler ({name})"] = scores["disentangler"]
+            hits[name] = line_hits(dev, {log.name: linker.link(log, encode) for log in dev})
     annotated = sum(len(log.annotated()) for log in dev)
     print(f"\ndev split, {len(dev)} logs, {annotated} annotated lines; model {model_path}")
     print("| system | " + " | ".join(METRICS) + " |")
@@ -60,6 +64,12 @@ def main() -> int:
         print(f"| {name} | " + " | ".join(f"{row[m]:.1f}" for m in METRICS) + " |")
     for name, values in PUBLISHED_TEST.items():
         print(f"| {name} | " + " | ".join("" if v is None else f"{v:.1f}" for v in values) + " |")
+    print("\nper-line link accuracy, paired randomization test (delta of the disentangler with the model):")
+    for baseline, outcome in rows["disentangler (with the model)"].items():
+        if baseline.startswith("vs_"):
+            print(f"  {baseline}: {outcome['verdict']} {outcome['delta']:+.4f} p={outcome['p']:.4f}")
+    delta, p = paired_test(hits["with the model"], hits["text and chat"])
+    print(f"  vs the linker without the model: {verdict(delta, p)} {delta:+.4f} p={p:.4f}")
     encode = sentence_encoder(model_path, "cpu", 64, None)  # speed: nothing cached, the last linker
     texts = [t for log in dev for t in log.texts]
     started = time.perf_counter()

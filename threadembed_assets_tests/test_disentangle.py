@@ -131,6 +131,9 @@ def test_disentangler_asset_fits_holds_out_channels_publishes_and_the_cli_links_
     channels = meta["channels"].data
     assert channels["dev"] >= 1 and channels["fit"] >= 1
     assert meta["dev_link_f"].value == systems["disentangler"]["link_f"]
+    verdicts = meta["link_accuracy_verdicts"].data  # paired, per line, against each baseline
+    assert set(verdicts) == {"vs_previous", "vs_silence_2min", "vs_silence_30min"}
+    assert verdicts["vs_previous"]["verdict"] == "win" and verdicts["vs_previous"]["delta"] > 0.1
     folder = ModelStore(root=str(workdir / "models")).latest("disentangler")
     card = json.loads((folder / "disentangler.json").read_text())
     assert set(card["channels"]["dev"]).isdisjoint(card["channels"]["fit"])

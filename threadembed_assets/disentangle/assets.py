@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from threadembed_assets.benchmark.assets import ranker_model
+from threadembed_assets.benchmark.metrics import paired_test, verdict
 from threadembed_assets.benchmark.retrievers import model_key, shared_embeddings
 from threadembed_assets.disentangle.baselines import previous_parents, silence_parents
 from threadembed_assets.disentangle.corpus import Log, log_from_messages, read_split
@@ -24,7 +25,7 @@ from threadembed_assets.disentangle.linker import (
     save_linker,
     tune_new_bias,
 )
-from threadembed_assets.disentangle.metrics import score_logs
+from threadembed_assets.disentangle.metrics import line_hits, score_logs
 from threadembed_assets.training.assets import thread_model
 from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import load_model
@@ -118,10 +119,18 @@ def sentence_encoder(model_path: str, device: str, batch_size: int, cache) -> En
 
 
 def compare(linker: Linker, logs: Sequence[Log], encode: Encode | None) -> dict[str, dict]:
-    """The linker and the baselines on the same logs, every metric."""
+    """The linker and the baselines on the same logs, every metric; the linker's row also holds its paired verdict
+    against each baseline on per-line link accuracy (`vs_<baseline>`: delta, p, verdict)."""
     systems = {"disentangler": lambda log: linker.link(log, encode), "previous": previous_parents}
     systems.update({f"silence_{m}min": (lambda log, m=m: silence_parents(log, m)) for m in SILENCE_MINUTES})
-    return {name: score_logs(logs, {log.name: link(log) for log in logs}) for name, link in systems.items()}
+    parents = {name: {log.name: link(log) for log in logs} for name, link in systems.items()}
+    scores = {name: score_logs(logs, predicted) for name, predicted in parents.items()}
+    mine = line_hits(logs, parents["disentangler"])
+    for name in list(systems)[1:]:
+        delta, p = paired_test(mine, line_hits(logs, parents[name]))
+        outcome = {"delta": round(delta, 4), "p": round(p, 4), "verdict": verdict(delta, p)}
+        scores["disentangler"][f"vs_{name}"] = outcome
+    return scores
 
 
 def _table(scores: dict[str, dict]) -> dg.TableMetadataValue:
@@ -194,6 +203,7 @@ def disentangler(
                 for f, g in sorted(linker.importances.items(), key=lambda item: -item[1])
             ]
         ),
+        "link_accuracy_verdicts": {name: row for name, row in mine.items() if name.startswith("vs_")},
         "new_bias": linker.new_bias,
         "new_bias_tuned_on": f"{len(splits['tune'])} channels, conversation metrics' mean "
         f"{conversation_objective(tried[linker.new_bias]):.1f}",

@@ -110,3 +110,11 @@ def score_logs(logs, predicted: Mapping[str, np.ndarray]) -> dict:
     """Every metric of one parent per line (`predicted[log.name]`) against the gold links of annotated `logs`."""
     system = {log.name: {int(i): (int(predicted[log.name][i]),) for i in log.annotated()} for log in logs}
     return score({log.name: log.parents for log in logs}, system, {log.name: log.annotated() for log in logs})
+
+
+def line_hits(logs, predicted: Mapping[str, np.ndarray]) -> np.ndarray:
+    """1 for each annotated line whose predicted parent is one of its gold parents, else 0 (logs in order): the
+    per-line outcome that paired tests compare systems on."""
+    return np.array(
+        [float(int(predicted[log.name][i]) in log.parents.get(i, ())) for log in logs for i in log.annotated()]
+    )
