@@ -17,6 +17,7 @@ from threadembed_assets import settings
 from threadembed_assets.disentangle.assets import DISENTANGLER, sentence_encoder
 from threadembed_assets.disentangle.corpus import FormatError, Log, format_links, log_from_messages, read_raw
 from threadembed_assets.disentangle.linker import load_linker
+from threadembed_assets.search.index import epoch_seconds
 from threadembed_assets.sources.chat_jsonl import read_messages
 from threadembed_assets.training.resources import ModelStore
 
@@ -40,25 +41,12 @@ def channels_of(path: Path) -> list[tuple[str, list[dict]]]:
 
 
 def jsonl_log(path: Path, channel: str, rows: list[dict]) -> Log:
-    epoch = [_epoch(row.get("timestamp")) for row in rows]
+    epoch = [epoch_seconds(row.get("timestamp")) for row in rows]
     ids = [str(row.get("message_id") or f"{path.stem}:{k}") for k, row in enumerate(rows)]
     return log_from_messages(
         f"{path.stem}/{channel}",
         [(i, None, row.get("author"), t, str(row["text"])) for i, row, t in zip(ids, rows, epoch, strict=True)],
     )
-
-
-def _epoch(value) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
