@@ -52,10 +52,10 @@ def main() -> int:
             linker = fit(fit_logs, encode)
             tune_new_bias(linker, tune_logs, encode)
             print(f"fitted ({name}) on {sum(len(g) for g in fit_logs)} lines in {time.perf_counter() - started:.0f} s")
-            scores = compare(linker, dev, encode)
+            scores, parents = compare(linker, dev, encode)
             rows.update({k: v for k, v in scores.items() if k != "disentangler"})
             rows[f"disentangler ({name})"] = scores["disentangler"]
-            hits[name] = line_hits(dev, {log.name: linker.link(log, encode) for log in dev})
+            hits[name] = line_hits(dev, parents["disentangler"])
     annotated = sum(len(log.annotated()) for log in dev)
     print(f"\ndev split, {len(dev)} logs, {annotated} annotated lines; model {model_path}")
     print("| system | " + " | ".join(METRICS) + " |")

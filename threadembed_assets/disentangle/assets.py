@@ -72,7 +72,7 @@ def channel_share(source: str, channel: str) -> float:
     return zlib.crc32(f"{source}/{channel}".encode()) / 2**32
 
 
-def linked_logs(con, window: int) -> list[tuple[str, Log]]:
+def linked_logs(con) -> list[tuple[str, Log]]:
     """(source, log) of every channel of every source with reply links, in channel order."""
     rows = con.execute(
         """
@@ -93,11 +93,11 @@ def linked_logs(con, window: int) -> list[tuple[str, Log]]:
 def split_logs(logs: Sequence[tuple[str, Log]], dev_share: float, tune_share: float) -> dict[str, list[Log]]:
     """Channels to fit on, to tune the bias on, and to report on, by `channel_share`; at least one channel each
     where there are three or more (with two: the bias is tuned on the dev channel; with one: nothing to hold out)."""
-    ordered = sorted(logs, key=lambda item: channel_share(item[0], item[1].name))
-    shares = [channel_share(source, log.name) for source, log in ordered]
-    n_dev = max(sum(s < dev_share for s in shares), 1 if len(ordered) >= 2 else 0)
-    n_tune = max(sum(dev_share <= s < dev_share + tune_share for s in shares), 1 if len(ordered) >= 3 else 0)
-    channels = [log for _, log in ordered]
+    keyed = sorted(((channel_share(source, log.name), k) for k, (source, log) in enumerate(logs)))
+    shares = [share for share, _ in keyed]
+    n_dev = max(sum(s < dev_share for s in shares), 1 if len(logs) >= 2 else 0)
+    n_tune = max(sum(dev_share <= s < dev_share + tune_share for s in shares), 1 if len(logs) >= 3 else 0)
+    channels = [logs[k][1] for _, k in keyed]
     dev, tune, rest = channels[:n_dev], channels[n_dev : n_dev + n_tune], channels[n_dev + n_tune :]
     return {"fit": rest, "tune": tune or dev, "dev": dev}
 
@@ -118,9 +118,12 @@ def sentence_encoder(model_path: str, device: str, batch_size: int, cache) -> En
     return encode
 
 
-def compare(linker: Linker, logs: Sequence[Log], encode: Encode | None) -> dict[str, dict]:
-    """The linker and the baselines on the same logs, every metric; the linker's row also holds its paired verdict
-    against each baseline on per-line link accuracy (`vs_<baseline>`: delta, p, verdict)."""
+def compare(
+    linker: Linker, logs: Sequence[Log], encode: Encode | None
+) -> tuple[dict[str, dict], dict[str, dict[str, np.ndarray]]]:
+    """The linker and the baselines on the same logs: every metric per system (the linker's row also holds its
+    paired verdict against each baseline on per-line link accuracy, `vs_<baseline>`: delta, p, verdict), and each
+    system's parents per log."""
     systems = {"disentangler": lambda log: linker.link(log, encode), "previous": previous_parents}
     systems.update({f"silence_{m}min": (lambda log, m=m: silence_parents(log, m)) for m in SILENCE_MINUTES})
     parents = {name: {log.name: link(log) for log in logs} for name, link in systems.items()}
@@ -130,7 +133,7 @@ def compare(linker: Linker, logs: Sequence[Log], encode: Encode | None) -> dict[
         delta, p = paired_test(mine, line_hits(logs, parents[name]))
         outcome = {"delta": round(delta, 4), "p": round(p, 4), "verdict": verdict(delta, p)}
         scores["disentangler"][f"vs_{name}"] = outcome
-    return scores
+    return scores, parents
 
 
 def _table(scores: dict[str, dict]) -> dg.TableMetadataValue:
@@ -159,7 +162,7 @@ def disentangler(
     new-conversation bias tuned on other channels, and scored on held-out channels beside "Previous" and silence
     cuts (and on `corpus_dev`, when given). Published as `models/disentangler/latest`."""
     with connect(warehouse, read_only=True) as con:
-        logs = linked_logs(con, config.window)
+        logs = linked_logs(con)
     splits = split_logs(logs, config.dev_share, config.tune_share)
     if not splits["fit"]:
         context.log.warning(
@@ -175,8 +178,8 @@ def disentangler(
         )
         linker = fit(splits["fit"], encode, params)
         tried = tune_new_bias(linker, splits["tune"], encode)
-        scores = compare(linker, splits["dev"], encode)
-        corpus = compare(linker, read_split(Path(config.corpus_dev)), encode) if config.corpus_dev else None
+        scores, _ = compare(linker, splits["dev"], encode)
+        corpus = compare(linker, read_split(Path(config.corpus_dev)), encode)[0] if config.corpus_dev else None
     folder = models.asset_dir(DISENTANGLER) / context.run_id
     card = {
         "encoder": encoder,

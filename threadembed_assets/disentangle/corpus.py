@@ -113,7 +113,7 @@ def parse_annotation(text: str, n_lines: int, source: str = "annotation") -> dic
 
 def read_raw(path: Path) -> Log:
     """A `.raw.txt` log (or any plain IRC log of that shape) without annotation."""
-    name = path.name.removesuffix(RAW_SUFFIX).removesuffix(path.suffix) if path.name.endswith(RAW_SUFFIX) else path.stem
+    name = path.name.removesuffix(RAW_SUFFIX) if path.name.endswith(RAW_SUFFIX) else path.stem
     return parse_lines(name, path.read_text(encoding="utf-8", errors="replace").splitlines())
 
 

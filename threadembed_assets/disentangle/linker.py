@@ -63,10 +63,10 @@ class Linker:
             out[start:end] = block
         return grid, out
 
-    def link(self, log: Log, encode: Encode | None = None, new_bias: float | None = None) -> np.ndarray:
+    def link(self, log: Log, encode: Encode | None = None) -> np.ndarray:
         """Each line's parent line (itself: a new conversation)."""
         grid, scores = self.scores(log, encode)
-        return parents_from_scores(grid, scores, self.new_bias if new_bias is None else new_bias)
+        return parents_from_scores(grid, scores, self.new_bias)
 
 
 def parents_from_scores(grid: Grid, scores: np.ndarray, new_bias: float) -> np.ndarray:
