@@ -15,7 +15,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHARED_IRC = SHARED_DATA / "irc"
 
 
 def raw_rows(pieces, folder: Path) -> list[dict]:
