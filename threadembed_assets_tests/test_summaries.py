@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import dagster as dg
 import duckdb
@@ -16,6 +17,7 @@ from dagster_duckdb import DuckDBResource
 
 from threadembed_assets.summaries.client import LLMCallFailed, LLMResource, backoff_seconds
 from threadembed_assets.summaries.extractive import extractive_summaries, opening_question
+from threadembed_assets.summaries.summarize import Conversation, ensure_summary_tables, summarize_with_llm
 from threadembed_assets.warehouse.connection import connect
 from threadembed_assets_tests.conftest import materialize_source, query
 from threadembed_assets_tests.fake_openai import FakeOpenAI
@@ -198,3 +200,31 @@ def test_one_client_per_resource_retries_transport_failures_and_the_resource_ret
     assert len(made) == 1 and made[0]["max_retries"] == 0  # retries are set per call, from what is left
     assert [step for _, _, step in server.requests] == ["500", "ok", "malformed", "ok", "ok"]
     assert [answer.attempts for answer in answers] == [2, 2, 1]
+
+
+def test_answers_wait_for_a_busy_warehouse_instead_of_piling_up_unwritten(tmp_path):
+    """While one write waits on the warehouse, no new request goes out: at most `max_concurrency` answers unwritten."""
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_summary_tables(con)
+    conversations = [Conversation(f"c{i}", "train", [], f"conversation {i}", f"h{i}") for i in range(12)]
+    opened, unwritten = [], []
+
+    with FakeOpenAI(["ok"]) as server:
+
+        @contextmanager
+        def busy_warehouse():
+            written = len(opened) - 1  # the first opening reads the cache
+            if written == 2:  # another process holds the warehouse for a while
+                deadline = time.monotonic() + 1.0
+                while server.served_ok < written + 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if written >= 0:
+                unwritten.append(server.served_ok - written)
+            opened.append(1)
+            yield con
+
+        llm = LLMResource(base_url=server.base_url, model="test-model", api_key="sk-local", max_concurrency=2)
+        stats = summarize_with_llm(busy_warehouse, "s", conversations, llm)
+    assert stats.calls == 12, stats.failure_examples
+    assert con.execute("SELECT count(*) FROM summary_cache").fetchone()[0] == 12 and stats.calls == 12
+    assert max(unwritten) <= 2, unwritten

@@ -7,7 +7,7 @@ a run that dies keeps what it finished and the next run asks only for what is mi
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -134,36 +134,55 @@ def summarize_with_llm(
         con.execute("DELETE FROM summary_failures WHERE source = $source", {"source": source})
     missing = {c.content_hash: c for c in conversations if c.content_hash not in cached}
     stats.cache_hits = len(conversations) - sum(1 for c in conversations if c.content_hash in missing)
+    waiting = iter(missing.values())
     with ThreadPoolExecutor(max_workers=llm.max_concurrency) as pool:
-        futures = {pool.submit(llm.complete, summary_messages(c.rendered)): c for c in missing.values()}
-        for finished, future in enumerate(as_completed(futures), start=1):
-            conversation = futures[future]
-            try:
-                done = future.result()
-            except LLMCallFailed as failure:
-                stats.calls += failure.attempts
-                stats.failures[failure.kind] += 1
-                if len(stats.failure_examples) < 5:
-                    stats.failure_examples.append(f"{conversation.conversation_id}: {failure}")
-                row = [source, conversation.conversation_id, conversation.content_hash, llm.model, PROMPT_VERSION]
-                with open_warehouse() as con:
-                    con.execute(
-                        "INSERT INTO summary_failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [*row, failure.kind, failure.message, failure.attempts],
-                    )
-                continue
-            stats.calls += done.attempts
-            stats.tokens_in += done.tokens_in
-            stats.tokens_out += done.tokens_out
-            with open_warehouse() as con:
-                con.execute(
-                    "INSERT OR REPLACE INTO summary_cache (content_hash, model, prompt_version, summary, tokens_in, "
-                    "tokens_out) VALUES (?, ?, ?, ?, ?, ?)",
-                    [conversation.content_hash, llm.model, PROMPT_VERSION, done.text, done.tokens_in, done.tokens_out],
-                )
-            if log is not None and finished % 25 == 0:
-                log(f"{finished}/{len(missing)} summaries requested so far")
+        running: dict = {}
+
+        def send_next() -> None:
+            conversation = next(waiting, None)
+            if conversation is not None:
+                running[pool.submit(llm.complete, summary_messages(conversation.rendered))] = conversation
+
+        # A request goes out only once an earlier answer is written: when the warehouse is busy, answers never pile
+        # up in memory, and a run that dies loses at most the `max_concurrency` answers in flight.
+        for _ in range(llm.max_concurrency):
+            send_next()
+        finished = 0
+        while running:
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                _record_answer(open_warehouse, source, running.pop(future), future, llm.model, stats)
+                finished += 1
+                if log is not None and finished % 25 == 0:
+                    log(f"{finished}/{len(missing)} summaries requested so far")
+                send_next()
     return stats
+
+
+def _record_answer(open_warehouse, source: str, conversation: Conversation, future, model: str, stats: SummaryStats):
+    """Write one finished request to `summary_cache` or `summary_failures` and count it."""
+    try:
+        done = future.result()
+    except LLMCallFailed as failure:
+        stats.calls += failure.attempts
+        stats.failures[failure.kind] += 1
+        if len(stats.failure_examples) < 5:
+            stats.failure_examples.append(f"{conversation.conversation_id}: {failure}")
+        row = [source, conversation.conversation_id, conversation.content_hash, model, PROMPT_VERSION]
+        with open_warehouse() as con:
+            con.execute(
+                "INSERT INTO summary_failures VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [*row, failure.kind, failure.message, failure.attempts],
+            )
+        return
+    stats.calls += done.attempts
+    stats.tokens_in += done.tokens_in
+    stats.tokens_out += done.tokens_out
+    with open_warehouse() as con:
+        con.execute(
+            "INSERT OR REPLACE INTO summary_cache (content_hash, model, prompt_version, summary, tokens_in, "
+            "tokens_out) VALUES (?, ?, ?, ?, ?, ?)",
+            [conversation.content_hash, model, PROMPT_VERSION, done.text, done.tokens_in, done.tokens_out],
+        )
 
 
 def write_summaries(
