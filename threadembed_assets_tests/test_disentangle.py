@@ -9,11 +9,17 @@ import pytest
 
 from threadembed_assets.disentangle.__main__ import main as disentangle_cli
 from threadembed_assets.disentangle.baselines import previous_parents, silence_parents
-from threadembed_assets.disentangle.corpus import FormatError, parse_annotation, parse_lines, read_split
-from threadembed_assets.disentangle.linker import LinkerParams, fit
+from threadembed_assets.disentangle.corpus import (
+    FormatError,
+    log_from_messages,
+    parse_annotation,
+    parse_lines,
+    read_split,
+)
+from threadembed_assets.disentangle.linker import LinkerParams, conversation_roots, fit, load_published
 from threadembed_assets.disentangle.metrics import score, score_logs
 from threadembed_assets.training.resources import ModelStore
-from threadembed_assets_tests.conftest import materialize_source, need_shared
+from threadembed_assets_tests.conftest import materialize_source, need_shared, query
 
 IRC = [
     "=== alice [~a@host] has joined #ubuntu",
@@ -163,3 +169,31 @@ def test_disentangler_asset_fits_holds_out_channels_publishes_and_the_cli_links_
 
     assert disentangle_cli([str(chat)]) == 2  # JSON read as an IRC log: a clear refusal, no traceback
     assert "no line looks like an IRC message" in capsys.readouterr().err
+
+    # A plain IRC log imported through chat_export: its conversations come from the published disentangler.
+    channel = workdir / "data" / "imports" / "libera" / "#ubuntu"
+    channel.mkdir(parents=True)
+    (channel / "2019-05-04.log").write_text(
+        "\n".join(IRC[1:] + [f"[10:{k:02d}] <erin> still here {k}" for k in range(5, 40)]) + "\n"
+    )
+    imported = materialize_source("chat_export", warehouse_db)
+    meta = imported.asset_materializations_for_node("messages")[0].metadata
+    assert meta["conversation_derivation"].value == f"disentangler {folder.name}"
+    stored = query(
+        warehouse_db,
+        "SELECT message_id, author, epoch(ts), text, conversation_id, conversation_method FROM messages "
+        "WHERE source = 'chat_export' ORDER BY ts, message_id",
+    )
+    assert {row[5] for row in stored} == {"disentangled"}
+    linker, _, encode = load_published(folder)
+    alone = log_from_messages("#ubuntu", [(i, None, a, t, x) for i, a, t, x, *_ in stored])
+    roots = conversation_roots(linker.link(alone, encode))
+    assert [row[4] for row in stored] == [f"dis:{alone.ids[root]}" for root in roots]  # the linker's own cut
+    assert len(set(roots)) > 1  # not one silence-bounded session
+
+    silence = materialize_source("chat_export", warehouse_db, load_config={"derivation": "silence"})
+    meta = silence.asset_materializations_for_node("messages")[0].metadata
+    assert meta["conversation_derivation"].value == "silence cuts of 30 min"
+    assert query(warehouse_db, "SELECT DISTINCT conversation_method FROM messages WHERE source = 'chat_export'") == [
+        ("time_gap",)
+    ]

@@ -280,6 +280,7 @@ import contextlib, json, os, shutil, signal, sys
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
+from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.warehouse import assets as warehouse_assets
 
 warehouse, tries, state_sql = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -318,7 +319,7 @@ for k in range(1, tries + 1):
         warehouse_assets.connect = dying_connect
         result = dg.materialize(
             [warehouse_assets.messages], partition_key="chat_export",
-            resources={"warehouse": DuckDBResource(database=warehouse)},
+            resources={"warehouse": DuckDBResource(database=warehouse), "models": ModelStore()},
         )
         os._exit(0 if result.success else 1)
     _, status = os.waitpid(child, 0)
@@ -350,7 +351,7 @@ def test_a_messages_step_killed_at_any_statement_leaves_the_partition_as_it_was(
     before = partition_state(warehouse_db)
     export(500, 7)
     assert materialize_source("chat_export", warehouse_db, only=["raw_messages"]).success
-    tries = 20
+    tries = 24
     done = subprocess.run(
         [sys.executable, "-c", _KILLED_LOADS, str(warehouse_db), str(tries), _STATE_SQL],
         capture_output=True,

@@ -11,23 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from threadembed_assets import settings
-from threadembed_assets.disentangle.assets import DISENTANGLER, sentence_encoder
 from threadembed_assets.disentangle.corpus import FormatError, Log, format_links, log_from_messages, read_raw
-from threadembed_assets.disentangle.linker import load_linker
+from threadembed_assets.disentangle.linker import DISENTANGLER, conversation_roots, load_published
 from threadembed_assets.search.index import epoch_seconds
 from threadembed_assets.sources.chat_jsonl import read_messages
 from threadembed_assets.training.resources import ModelStore
-
-
-def conversation_roots(parents: np.ndarray) -> np.ndarray:
-    """The first line of each line's conversation (parents always point back, so one pass in order suffices)."""
-    roots = np.arange(len(parents))
-    for line, parent in enumerate(parents):
-        roots[line] = line if parent == line else roots[parent]
-    return roots
 
 
 def channels_of(path: Path) -> list[tuple[str, list[dict]]]:
@@ -61,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no published {DISENTANGLER}: `make run` trains one, or pass --model", file=sys.stderr)
         return 2
     try:
-        linker, card = load_linker(folder)
-        encode = sentence_encoder(card["encoder"], "cpu", 64, None) if card.get("encoder") else None
+        linker, _, encode = load_published(folder)
         for path in args.files:
             if args.format == "jsonl":
                 for channel, rows in channels_of(path):

@@ -17,6 +17,7 @@ from threadembed_assets.disentangle.baselines import previous_parents, silence_p
 from threadembed_assets.disentangle.corpus import Log, log_from_messages, read_split
 from threadembed_assets.disentangle.features import DEFAULT_WINDOW
 from threadembed_assets.disentangle.linker import (
+    DISENTANGLER,
     Encode,
     Linker,
     LinkerParams,
@@ -24,6 +25,7 @@ from threadembed_assets.disentangle.linker import (
     fit,
     save_linker,
     tune_new_bias,
+    unit_rows,
 )
 from threadembed_assets.disentangle.metrics import line_hits, score_logs
 from threadembed_assets.training.assets import thread_model
@@ -33,7 +35,6 @@ from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import messages
 from threadembed_assets.warehouse.connection import connect
 
-DISENTANGLER = "disentangler"  # the asset and its models/ folder
 SILENCE_MINUTES = (2, 30)
 DEV_LINE = ("link_f", "vi", "one_to_one", "conversation_f")  # the metrics a run's summary shows
 METRICS = (
@@ -108,12 +109,9 @@ def sentence_encoder(model_path: str, device: str, batch_size: int, cache) -> En
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
-        vectors = (
-            cache.encode(model, key, texts, batch_size)
-            if cache is not None
-            else model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
-        )
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if cache is not None:
+            return unit_rows(cache.encode(model, key, texts, batch_size))
+        return unit_rows(model.encode(texts, batch_size=batch_size, convert_to_numpy=True))
 
     return encode
 

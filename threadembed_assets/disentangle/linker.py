@@ -11,12 +11,14 @@ from pathlib import Path
 import joblib
 import lightgbm as lgb
 import numpy as np
+from sentence_transformers import SentenceTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from threadembed_assets.disentangle.corpus import Log
 from threadembed_assets.disentangle.features import DEFAULT_WINDOW, FEATURES, Grid, log_features
 from threadembed_assets.disentangle.metrics import score_logs
 
+DISENTANGLER = "disentangler"  # the asset and its models/ folder
 LINKER_FILE = "linker.joblib"
 LINKER_CARD = "disentangler.json"
 Encode = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised vectors
@@ -67,6 +69,18 @@ class Linker:
         """Each line's parent line (itself: a new conversation)."""
         grid, scores = self.scores(log, encode)
         return parents_from_scores(grid, scores, self.new_bias)
+
+
+def conversation_roots(parents: np.ndarray) -> np.ndarray:
+    """The first line of each line's conversation (parents always point back, so one pass in order suffices)."""
+    roots = np.arange(len(parents))
+    for line, parent in enumerate(parents):
+        roots[line] = line if parent == line else roots[parent]
+    return roots
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def parents_from_scores(grid: Grid, scores: np.ndarray, new_bias: float) -> np.ndarray:
@@ -152,3 +166,18 @@ def load_linker(folder: Path) -> tuple[Linker, dict]:
     if not path.exists():
         raise FileNotFoundError(f"{folder}: no {LINKER_FILE} (not a disentangler folder)")
     return joblib.load(path), json.loads((Path(folder) / LINKER_CARD).read_text())
+
+
+def load_published(folder: Path, device: str = "cpu", batch_size: int = 64) -> tuple[Linker, dict, Encode | None]:
+    """A published disentangler ready to link: the linker, its card and, where it reads a model's similarity, that
+    model's encoder."""
+    linker, card = load_linker(folder)
+    encoder = card.get("encoder") if linker.uses_dense else None
+    if not encoder:
+        return linker, card, None
+    if not Path(encoder).exists():
+        raise FileNotFoundError(
+            f"{folder}: the linker reads the similarity of {encoder}, which is gone; materialize disentangler again"
+        )
+    model = SentenceTransformer(encoder, device=device)
+    return linker, card, lambda texts: unit_rows(model.encode(list(texts), batch_size=batch_size))

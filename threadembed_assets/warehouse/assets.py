@@ -1,11 +1,15 @@
 """Warehouse assets: `messages` and `conversations`, one partition per source, in DuckDB."""
 
+from functools import partial
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from threadembed_assets.disentangle.linker import DISENTANGLER, load_published
 from threadembed_assets.sources.assets import raw_messages
 from threadembed_assets.sources.raw_cache import PART_GLOB, raw_cache_dir
 from threadembed_assets.sources.registry import source_partitions
+from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 from threadembed_assets.warehouse.conversations import build_conversations, conversation_preview
@@ -30,9 +34,13 @@ def _column_schema(con, table: str) -> dg.TableSchema:
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
 )
-def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: DuckDBResource) -> dg.MaterializeResult:
+def messages(
+    context: dg.AssetExecutionContext, config: LoadOptions, warehouse: DuckDBResource, models: ModelStore
+) -> dg.MaterializeResult:
     """Normalized messages of one source: conversations (gold or derived), positions and a stable split.
 
+    Messages without gold ids or reply links are cut into conversations by the published `disentangler` (silence
+    cuts where none is published, or where `derivation` says so); the metadata says which one this partition used.
     Unreadable or bad rows (no text, unparseable time, duplicate id, oversize) go to `quarantine` with a reason.
     The partition's rows in both tables are replaced in one transaction.
     """
@@ -42,12 +50,20 @@ def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: 
         raise dg.Failure(
             description=f"No raw cache for '{source}' at {raw}: materialize raw_messages for partition {source} first."
         )
+    folder = models.latest(DISENTANGLER) if config.derivation == "disentangler" else None
     with connect(warehouse) as con:
-        counts = load_messages(con, source, raw, config)
+        counts = load_messages(con, source, raw, config, partial(load_published, folder) if folder else None)
         schema = _column_schema(con, "messages")
+    if not {"time_gap", "disentangled"} & set(counts["conversations_by_method"]):
+        derivation = "none needed (gold ids or reply links throughout)"
+    elif folder:
+        derivation = f"disentangler {folder.name}"
+    else:
+        reason = " (no published disentangler)" if config.derivation == "disentangler" else ""
+        derivation = f"silence cuts of {config.gap_minutes:g} min{reason}"
     context.log.info(
         f"messages[{source}]: {counts['messages']} messages, {counts['conversations']} conversations, "
-        f"{counts['quarantined']} quarantined {counts['quarantine_by_reason']}"
+        f"{counts['quarantined']} quarantined {counts['quarantine_by_reason']}; derived conversations: {derivation}"
     )
     return dg.MaterializeResult(
         metadata={
@@ -56,6 +72,7 @@ def messages(context: dg.AssetExecutionContext, config: LoadOptions, warehouse: 
             "quarantined": counts["quarantined"],
             "quarantine_by_reason": _md_counts(counts["quarantine_by_reason"], "reason"),
             "conversations_by_method": _md_counts(counts["conversations_by_method"], "method"),
+            "conversation_derivation": derivation,
             "dagster/column_schema": schema,
         }
     )

@@ -1,11 +1,17 @@
 """Load one source's raw Parquet into `messages` and `quarantine`, replacing that source's rows atomically."""
 
+from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 from pydantic import Field
 
+from threadembed_assets.disentangle.corpus import log_from_messages
+from threadembed_assets.disentangle.linker import Encode, Linker, conversation_roots
 from threadembed_assets.sources.raw_cache import PART_GLOB
 from threadembed_assets.warehouse.schema import ensure_schema, transaction
 
@@ -14,8 +20,13 @@ class LoadOptions(dg.Config):
     """How raw rows become warehouse messages (the run config of `messages`)."""
 
     max_text_chars: int = Field(default=20_000, description="Longer messages are quarantined as oversize.")
+    derivation: Literal["disentangler", "silence"] = Field(
+        default="disentangler",
+        description="How messages without gold ids or reply links become conversations: the published "
+        "disentangler (silence cuts where none is published yet), or silence cuts.",
+    )
     gap_minutes: float = Field(
-        default=30.0, description="Derived conversations: a silence this long in a channel starts a new one."
+        default=30.0, description="Silence cuts: a silence this long in a channel starts a new conversation."
     )
     train_ratio: float = Field(default=0.8, description="Share of conversations in the train split.")
     dev_ratio: float = Field(default=0.1, description="Share in the dev split; test gets the rest.")
@@ -63,13 +74,13 @@ FROM checked LEFT JOIN first_of_duplicates ON checked.bad_reason IS NULL
 """
 
 # Conversations: gold ids where present; otherwise the root of the reply chain (a reply to a gold message joins
-# that conversation); messages with no reply links form sessions split by silences within a channel. The chain
-# walk only visits messages without a gold id (and the gold messages they reply to), so gold data skips it.
-# Derived ids name a message, not a count: `chain:<root id>`, `gap:<id of the session's first message>` (in
-# (ts, row_ord) order), so a session keeps its id when data is added before it or `gap_minutes` changes elsewhere.
-# Positions and splits are computed on the keys; the text and the other columns join in at the end.
-_MESSAGES_SQL = f"""
-INSERT INTO messages
+# that conversation); messages with no reply links are left to the derivation: sessions split by silences within a
+# channel here (`time_gap`), which the disentangler may then replace (`disentangled`). The chain walk only visits
+# messages without a gold id (and the gold messages they reply to), so gold data skips it. Derived ids name a
+# message, not a count: `chain:<root id>`, `gap:<id of the session's first message>` (in (ts, row_ord) order), so a
+# session keeps its id when data is added before it or `gap_minutes` changes elsewhere.
+_RESOLVE_SQL = """
+CREATE OR REPLACE TEMP TABLE resolved AS
 WITH RECURSIVE good AS (
     SELECT * EXCLUDE (reason) FROM staged WHERE reason IS NULL
 ), ungrouped AS (
@@ -103,15 +114,28 @@ WITH RECURSIVE good AS (
             FROM assigned WHERE conversation_method = 'time_gap'
         )
     )
-), resolved AS (
-    SELECT assigned.row_ord, assigned.ts, assigned.conversation_method,
-        CASE assigned.conversation_method
-            WHEN 'gold' THEN assigned.conversation_id
-            WHEN 'reply_chain' THEN coalesce(assigned.root_conversation, 'chain:' || assigned.root_id)
-            ELSE 'gap:' || sessions.session_root
-        END AS conversation_id
-    FROM assigned LEFT JOIN sessions USING (row_ord)
-), placed AS (
+)
+SELECT assigned.row_ord, assigned.ts, assigned.conversation_method,
+    CASE assigned.conversation_method
+        WHEN 'gold' THEN assigned.conversation_id
+        WHEN 'reply_chain' THEN coalesce(assigned.root_conversation, 'chain:' || assigned.root_id)
+        ELSE 'gap:' || sessions.session_root
+    END AS conversation_id
+FROM assigned LEFT JOIN sessions USING (row_ord)
+"""
+
+# The messages a derivation cuts into conversations, each channel in stream order.
+_UNGROUPED_SQL = f"""
+SELECT resolved.row_ord, coalesce(raw.channel, ''), raw.message_id, raw.author, epoch(resolved.ts), raw.text
+FROM resolved JOIN {_RAW_ROWS} AS raw USING (row_ord)
+WHERE resolved.conversation_method = 'time_gap'
+ORDER BY 2, resolved.ts, resolved.row_ord
+"""
+
+# Positions and splits are computed on the keys; the text and the other columns join in at the end.
+_MESSAGES_SQL = f"""
+INSERT INTO messages
+WITH placed AS (
     SELECT *,
         CAST(row_number() OVER (PARTITION BY conversation_id ORDER BY ts, row_ord) - 1 AS INTEGER) AS position,
         CAST(('0x' || left(md5(conversation_id), 8)) AS UBIGINT) / 4294967296.0 AS bucket
@@ -138,33 +162,69 @@ WHERE staged.reason IS NOT NULL
 """
 
 
-def load_messages(con: duckdb.DuckDBPyConnection, source: str, raw_cache: Path, options: LoadOptions) -> dict:
+def load_messages(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    raw_cache: Path,
+    options: LoadOptions,
+    disentangler: Callable[[], tuple[Linker, dict, Encode | None]] | None = None,
+) -> dict:
     """Replace `source`'s rows of `messages` and `quarantine` from its raw cache folder in one transaction.
 
-    Returns counts: messages, quarantined rows by reason, conversations by method.
+    Messages without gold ids or reply links are cut into conversations by `disentangler` (which loads a published
+    one, as `load_published` does, only where such messages exist) where given, else by silences of
+    `options.gap_minutes`. Returns counts: messages, quarantined
+    rows by reason, conversations by method.
     """
     ensure_schema(con)
     glob = str(raw_cache / PART_GLOB)
     con.execute(_STAGE_SQL, {"glob": glob, "max_text_chars": options.max_text_chars})
     by_source = {"source": source}
     try:
+        con.execute(_RESOLVE_SQL, {"gap_seconds": options.gap_minutes * 60})
+        if disentangler is not None:
+            disentangle_ungrouped(con, glob, disentangler)
         with transaction(con):
             con.execute("DELETE FROM messages WHERE source = $source", by_source)
             con.execute(
                 _MESSAGES_SQL,
-                {
-                    **by_source,
-                    "glob": glob,
-                    "gap_seconds": options.gap_minutes * 60,
-                    "train_ratio": options.train_ratio,
-                    "dev_ratio": options.dev_ratio,
-                },
+                {**by_source, "glob": glob, "train_ratio": options.train_ratio, "dev_ratio": options.dev_ratio},
             )
             con.execute("DELETE FROM quarantine WHERE source = $source", by_source)
             con.execute(_QUARANTINE_SQL, {**by_source, "glob": glob})
     finally:
         con.execute("DROP TABLE IF EXISTS staged")
+        con.execute("DROP TABLE IF EXISTS resolved")
     return message_counts(con, source)
+
+
+def disentangle_ungrouped(
+    con: duckdb.DuckDBPyConnection, glob: str, disentangler: Callable[[], tuple[Linker, dict, Encode | None]]
+) -> int:
+    """Cut the messages that have neither gold ids nor reply links into conversations with the linker, each channel
+    as one stream in time order; a conversation is named by its first message (`dis:<id>`). Returns how many
+    messages it placed."""
+    rows = con.execute(_UNGROUPED_SQL, {"glob": glob}).fetchall()
+    if not rows:
+        return 0
+    linker, _, encode = disentangler()
+    placed_rows, placed_ids = [], []
+    for _, group in groupby(rows, key=lambda row: row[1]):
+        group = list(group)
+        log = log_from_messages(group[0][1], [(r[2], None, r[3], r[4], r[5]) for r in group])
+        roots = conversation_roots(linker.link(log, encode))
+        placed_rows += [r[0] for r in group]
+        placed_ids += [f"dis:{log.ids[root]}" for root in roots]
+    placed = pa.table({"row_ord": pa.array(placed_rows, pa.int64()), "conversation_id": placed_ids})
+    con.register("placed_by_linker", placed)
+    try:
+        con.execute(
+            "UPDATE resolved SET conversation_id = placed_by_linker.conversation_id, conversation_method = "
+            "'disentangled' FROM placed_by_linker WHERE resolved.row_ord = placed_by_linker.row_ord"
+        )
+    finally:
+        con.unregister("placed_by_linker")
+    return len(placed_rows)
 
 
 def message_counts(con: duckdb.DuckDBPyConnection, source: str) -> dict:

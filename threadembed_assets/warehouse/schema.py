@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS messages (
     position INTEGER NOT NULL,
     text VARCHAR NOT NULL,
     split VARCHAR NOT NULL,
-    conversation_method VARCHAR NOT NULL,  -- gold | reply_chain | time_gap
+    conversation_method VARCHAR NOT NULL,  -- gold | reply_chain | time_gap | disentangled
     channel_name VARCHAR  -- the channel's name for people where `channel` is a key (Discord: server/channel ids)
 )
 """
