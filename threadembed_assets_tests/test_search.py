@@ -20,12 +20,20 @@ from fastapi.testclient import TestClient
 
 from threadembed_assets.benchmark.retrievers import EmbeddingCache, line_windows, model_key
 from threadembed_assets.benchmark.tasks import Task
+from threadembed_assets.disentangle.corpus import log_from_messages
+from threadembed_assets.disentangle.linker import DISENTANGLER, LinkerParams, fit, save_linker
 from threadembed_assets.search import ChatIndex, Hit
 from threadembed_assets.search import http as search_http
 from threadembed_assets.search import index as search_index
 from threadembed_assets.search.__main__ import main as cli_main
 from threadembed_assets.search.http import MAX_BODY_BYTES, MAX_TEXT_CHARS, Bounded, IndexHolder, create_app
-from threadembed_assets.search.index import ONNX_MODEL, VectorCache, archive_from_messages, best_threshold
+from threadembed_assets.search.index import (
+    ONNX_MODEL,
+    VectorCache,
+    archive_from_messages,
+    best_threshold,
+    epoch_seconds,
+)
 from threadembed_assets.search.onnx import FLOAT_FILE, INT8_FILE, OnnxEncoder, compare_encoders, export_onnx
 from threadembed_assets.search.store import current_build
 from threadembed_assets.search.vectors import VectorIndex
@@ -89,6 +97,61 @@ def test_thread_of_an_archived_message_leaves_it_out_of_its_conversation(index, 
     alone = next(group[0] for group in grouped.values() if len(group) == 1)
     found = {h.conversation_id for h in index.thread_of(alone, k=50)}
     assert alone["conversation_id"] not in found  # nothing of it is left to find
+
+
+@pytest.fixture(scope="module")
+def linked_index(messages, tmp_path_factory) -> ChatIndex:
+    """The index of `messages` with a published disentangler, fitted for seconds on channels the index lacks."""
+    models = ModelStore(root=str(tmp_path_factory.mktemp("models")))
+    indexed = {m["channel"] for m in messages}
+    others = [m for m in sample_messages(6000) if m["channel"] not in indexed]
+    logs = []
+    for channel in sorted({m["channel"] for m in others})[:4]:
+        rows = sorted(
+            (m for m in others if m["channel"] == channel),
+            key=lambda m: (m["timestamp"], len(m["message_id"]), m["message_id"]),
+        )
+        logs.append(
+            log_from_messages(
+                channel,
+                [(m["message_id"], m["reply_to"], m["author"], epoch_seconds(m["timestamp"]), m["text"]) for m in rows],
+            )
+        )
+    folder = models.asset_dir(DISENTANGLER) / "run-1"
+    save_linker(fit(logs, params=LinkerParams(n_estimators=30)), folder, {"encoder": None})
+    models.publish(DISENTANGLER, folder)
+    return ChatIndex.from_messages(messages, ranker=False, source="irc_sample", models=models, tune=False)
+
+
+def test_link_answers_from_the_messages_before_it_alone(linked_index, messages):
+    ordered = sorted(messages, key=lambda m: (m["channel"], m["timestamp"], len(m["message_id"]), m["message_id"]))
+    channel = ordered[0]["channel"]
+    stream = [m for m in ordered if m["channel"] == channel]
+    asked = stream[len(stream) // 2]
+    found = linked_index.link(asked)
+    assert set(found) == {"parent_id", "conversation_id", "confidence", "is_new"} and 0 < found["confidence"] <= 1
+    earlier = {m["message_id"]: m["conversation_id"] for m in stream[: len(stream) // 2]}
+    if found["is_new"]:
+        assert found["parent_id"] is None and found["conversation_id"] == f"dis:{asked['message_id']}"
+    else:
+        assert found["parent_id"] in earlier and found["conversation_id"] == earlier[found["parent_id"]]
+    # An archive that ends at the asked message (nothing after it) gives the same answer: no later message counts.
+    cut = ChatIndex.from_messages(
+        [m for m in messages if m["channel"] != channel] + stream[: len(stream) // 2 + 1],
+        ranker=False,
+        source="irc_sample",
+        models=ModelStore(root=str(linked_index.disentangler.parents[1])),
+        tune=False,
+    )
+    assert cut.link(asked) == found
+    # Every message of the stream, one at a time: the parents point back, and most messages join one.
+    answers = [linked_index.link(m) for m in stream]
+    position = {m["message_id"]: k for k, m in enumerate(stream)}
+    assert all(a["is_new"] or position[a["parent_id"]] < k for k, a in enumerate(answers))
+    assert sum(not a["is_new"] for a in answers) > len(stream) / 2
+    # A message the archive has never seen, after its last one, links to the archive's messages.
+    new = {"text": f"{stream[-1]['author']}: thanks, that worked", "channel": channel, "author": "someone"}
+    assert linked_index.link(new)["parent_id"] in position or linked_index.link(new)["is_new"]
 
 
 def test_next_message_ranks_the_given_candidates(index, messages):
@@ -213,6 +276,16 @@ def test_vector_index_ann_recall_against_exact():
 @pytest.fixture(scope="module")
 def client(index) -> TestClient:
     return TestClient(create_app(["irc_sample"], load=lambda source: index))
+
+
+def test_http_link_answers_and_says_when_no_disentangler_is_published(client, linked_index, messages):
+    assert client.post("/link", json={"message": messages[5]}).status_code == 503
+    assert "no published disentangler" in client.post("/link", json={"message": messages[5]}).json()["detail"]
+    with TestClient(create_app(["irc_sample"], load=lambda source: linked_index)) as linked:
+        answer = linked.post("/link", json={"message": messages[5]}).json()
+        assert answer == {"disentangler": "run-1", **linked_index.link(messages[5])}
+        assert linked.get("/healthz").json()["sources"]["irc_sample"]["disentangler"] == "run-1"
+        assert linked.post("/link", json={"message": {"author": "a"}}).status_code == 422
 
 
 def test_http_search_thread_next_and_health(client, messages):

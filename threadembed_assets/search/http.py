@@ -1,4 +1,5 @@
-"""The search HTTP API (FastAPI): `GET /search`, `POST /thread`, `POST /next`, `GET /healthz`, OpenAPI at `/docs`.
+"""The search HTTP API (FastAPI): `GET /search`, `POST /thread`, `POST /link`, `POST /next`, `GET /healthz`, OpenAPI at
+`/docs`.
 
     make serve SOURCE=ubuntu_irc          # uvicorn on 127.0.0.1:8000
     python -m threadembed_assets.search.http --source ubuntu_irc --port 8000
@@ -10,7 +11,8 @@ and the old one keeps answering until it is ready: no request waits for, or is d
 Every request has a bounded cost: the body, each field and the number of messages are capped (413 / 422), at most
 `MAX_CONCURRENT` requests work at once (others wait up to `QUEUE_WAIT_S`, then get a 503), and one that works longer
 than `REQUEST_TIMEOUT_S` is answered with a 503. A question that cannot be answered as asked is a 400 that says why;
-a fault of the server is a 500 whose body holds only an error id, which the log repeats with the traceback.
+a fault of the server is a 500 whose body holds only an error id, which the log repeats with the traceback; `/link`
+before a disentangler is published is a 503 that says so.
 """
 
 import argparse
@@ -30,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from threadembed_assets.search.index import ChatIndex, Hit, RequestError
+from threadembed_assets.search.index import ChatIndex, Hit, NotPublished, RequestError
 from threadembed_assets.search.store import current_build
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,12 @@ class ThreadRequest(BaseModel):
     source: str | None = _field()
 
 
+class LinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: Message
+    source: str | None = _field()
+
+
 class NextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prefix: list[Message] = Field(min_length=1, max_length=MAX_PREFIX)
@@ -99,6 +107,14 @@ class SearchResponse(BaseModel):
 class ThreadResponse(SearchResponse):
     is_new: bool | None
     confidence: float | None
+
+
+class LinkResponse(BaseModel):
+    disentangler: str
+    parent_id: str | None
+    conversation_id: str | None
+    confidence: float
+    is_new: bool
 
 
 class NextResponse(BaseModel):
@@ -216,6 +232,8 @@ class Bounded:
             raise
         except RequestError as exc:
             return JSONResponse(status_code=400, content={"detail": str(exc)})
+        except NotPublished as exc:
+            return _unavailable(str(exc))
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("request failed (error id %s)", error_id)
@@ -257,6 +275,7 @@ def create_app(
                     "model": holder.index.model,
                     "conversations": len(holder.index.docs),
                     "ranker": holder.index.ranker is not None,
+                    "disentangler": holder.index.disentangler.name if holder.index.disentangler else None,
                     "build": str(holder.build) if holder.build else None,
                     "reloads": holder.reloads,
                 }
@@ -290,6 +309,16 @@ def create_app(
             return ThreadResponse(
                 model=index.model, hits=_hits(found), is_new=found.is_new, confidence=found.confidence
             )
+
+        return await bounded(work)
+
+    @app.post("/link", response_model=LinkResponse)
+    async def link(request: LinkRequest):
+        index = index_of(request.source)
+
+        def work() -> LinkResponse:
+            found = index.link(request.message.model_dump(exclude_none=True))
+            return LinkResponse(disentangler=index.disentangler.name, **found)
 
         return await bounded(work)
 

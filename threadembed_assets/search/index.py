@@ -32,6 +32,8 @@ from threadembed_assets.benchmark.retrievers import (
 )
 from threadembed_assets.benchmark.tasks import ChatLines, Corpus, Line, Queries, Task, near, task_kind
 from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
+from threadembed_assets.disentangle.corpus import log_from_messages
+from threadembed_assets.disentangle.linker import DISENTANGLER, load_published
 from threadembed_assets.search.onnx import OnnxEncoder, exported_from
 from threadembed_assets.search.store import load_stored
 from threadembed_assets.search.vectors import VectorIndex
@@ -60,6 +62,10 @@ MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remember
 
 class RequestError(ValueError):
     """What was asked cannot be answered as asked (bad input, not a fault of the index): a client's error."""
+
+
+class NotPublished(LookupError):
+    """What was asked needs a model that is not published yet (not a client's error, nor a bug)."""
 
 
 @dataclass
@@ -228,8 +234,10 @@ class ChatIndex:
         ann: bool | None = None,
         batch_size: int = 64,
         encoded: CachedEncoder | None = None,
+        disentangler: Path | None = None,
     ):
         self.lines = lines
+        self.disentangler = disentangler  # the published disentangler folder `link` reads (loaded on first use)
         self.source = lines.name
         self.model = model.name  # what encodes: the fine-tuned model (or its ONNX export), or the base model and why
         self.model_path = model.path
@@ -332,7 +340,7 @@ class ChatIndex:
                 "chat_ranker reads %s, not %s: thread_of and next_message use fusion", fitted.model_path, loaded.path
             )
             fitted = None
-        return cls(lines, loaded, fitted, **kwargs)
+        return cls(lines, loaded, fitted, disentangler=models.latest(DISENTANGLER), **kwargs)
 
     @classmethod
     def from_warehouse(
@@ -482,6 +490,47 @@ class ChatIndex:
         fused = np.where(allowed[0], fused, -np.inf) if allowed is not None else fused
         best = int(np.argmax(fused))
         return fused, float(dense[0, best]), "fusion"
+
+    # -- what it replies to ---------------------------------------------------------------------------------------
+
+    def link(self, message: dict) -> dict:
+        """The earlier message `message` replies to, by the published disentangler, from the messages of its channel
+        before it (the linker's window of them; for an archived message, those before it in the archive):
+        `parent_id` (None: it starts a conversation), `conversation_id` (the parent's; for a new one `dis:<its
+        message_id>`, None without an id), `confidence` (the linker's softmax share of its choice among the
+        candidates) and `is_new`."""
+        linker, encode = self._linker()
+        line = self._line(checked_message(message))
+        channel_lines = self.lines.by_channel.get(line.channel, [])
+        before = channel_lines[: bisect.bisect_left(channel_lines, line.order, key=lambda earlier: earlier.order)]
+        window = [*before[-linker.params.window :], line]
+        log = log_from_messages(
+            str(line.channel or ""),
+            [(w.message_id, None, w.author, w.ts, w.text.split(": ", 1)[-1] if w.author else w.text) for w in window],
+        )
+        grid, scores = linker.scores(log, encode)
+        last = scores[-1].copy()
+        last[0] += linker.new_bias
+        shares = np.exp(last - last.max())
+        best = int(np.argmax(last))
+        parent = int(grid.parent[-1, best])
+        is_new = parent == len(window) - 1
+        return {
+            "parent_id": None if is_new else window[parent].message_id,
+            "conversation_id": (f"dis:{line.message_id}" if line.message_id else None)
+            if is_new
+            else window[parent].conversation_id,
+            "confidence": round(float(shares[best] / shares.sum()), 6),
+            "is_new": is_new,
+        }
+
+    def _linker(self):
+        if self.disentangler is None:
+            raise NotPublished("no published disentangler: `make run` trains one (asset `disentangler`)")
+        if getattr(self, "_loaded_linker", None) is None:
+            linker, _, encode = load_published(self.disentangler)
+            self._loaded_linker = linker, encode
+        return self._loaded_linker
 
     # -- what comes next ---------------------------------------------------------------------------------------
 
