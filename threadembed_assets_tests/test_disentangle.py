@@ -3,11 +3,14 @@ linker that reads nothing after a message, the corpus's format, and bad input.""
 
 import json
 import math
+from collections import Counter
 
+import duckdb
 import numpy as np
 import pytest
 
 from threadembed_assets.disentangle.__main__ import main as disentangle_cli
+from threadembed_assets.disentangle.assets import linked_logs
 from threadembed_assets.disentangle.baselines import previous_parents, silence_parents
 from threadembed_assets.disentangle.corpus import (
     FormatError,
@@ -197,3 +200,25 @@ def test_disentangler_asset_fits_holds_out_channels_publishes_and_the_cli_links_
     assert query(warehouse_db, "SELECT DISTINCT conversation_method FROM messages WHERE source = 'chat_export'") == [
         ("time_gap",)
     ]
+
+
+def test_the_corpus_format_loads_through_irc_disentangle_with_its_links_and_context(workdir, warehouse_db):
+    dev = need_shared("dev", "irc-disentanglement")
+    assert materialize_source("irc_disentangle", warehouse_db, {"path": str(dev)}).success
+    with duckdb.connect(str(warehouse_db), read_only=True) as con:
+        loaded = {log.name: log for _, log in linked_logs(con)}
+    corpus = read_split(dev)
+    assert set(loaded) == {f"irc_disentangle/{log.name}" for log in corpus}
+    not_system = "SELECT origin FROM quarantine WHERE source = 'irc_disentangle' AND reason <> 'system_message'"
+    quarantined = Counter(origin for (origin,) in query(warehouse_db, not_system))
+    assert 0 < quarantined.total() < 20  # empty messages, a nick with a space: kept with a reason, not lost
+    for log in corpus:
+        mine = loaded[f"irc_disentangle/{log.name}"]
+        line_of = [int(message_id.rsplit(":", 1)[1]) for message_id in mine.ids]
+        said = [line for line in range(len(log)) if not log.system[line]]  # system lines are quarantined
+        assert line_of == sorted(line_of) and set(line_of) <= set(said)
+        assert len(said) - len(line_of) == quarantined[f"{log.name}.raw.txt"]
+        assert line_of[mine.first_annotated] >= log.first_annotated > line_of[mine.first_annotated - 1]
+        for k, (parent,) in mine.parents.items():
+            gold = max((p for p in log.parents.get(line_of[k], ()) if p < line_of[k]), default=line_of[k])
+            assert line_of[parent] == (line_of[k] if log.system[gold] else gold), (log.name, line_of[k])

@@ -74,10 +74,13 @@ def channel_share(source: str, channel: str) -> float:
 
 
 def linked_logs(con) -> list[tuple[str, Log]]:
-    """(source, log) of every channel of every source with reply links, in channel order."""
+    """(source, log) of every channel of every source with reply links, in channel order. Lines before a channel's
+    first labelled one (gold id or reply link) are context, as the corpus's first 1000 lines of each file are."""
     rows = con.execute(
         """
-        SELECT source, coalesce(channel, ''), message_id, reply_to, author, epoch(ts), text FROM messages
+        SELECT source, coalesce(channel, ''), message_id, reply_to, author, epoch(ts), text,
+            conversation_method IN ('gold', 'reply_chain')
+        FROM messages
         WHERE source IN (SELECT source FROM messages GROUP BY source HAVING count(reply_to) > 0)
         ORDER BY source, channel, ts, length(message_id), message_id
         """
@@ -86,7 +89,11 @@ def linked_logs(con) -> list[tuple[str, Log]]:
     for end in range(1, len(rows) + 1):
         if end == len(rows) or rows[end][:2] != rows[start][:2]:
             source, channel = rows[start][:2]
-            logs.append((source, log_from_messages(f"{source}/{channel}", [r[2:] for r in rows[start:end]])))
+            labelled = [row[7] for row in rows[start:end]]
+            first = labelled.index(True) if True in labelled else end - start
+            if first < end - start:
+                log = log_from_messages(f"{source}/{channel}", [r[2:7] for r in rows[start:end]], first)
+                logs.append((source, log))
             start = end
     return logs
 

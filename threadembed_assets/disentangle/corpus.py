@@ -141,10 +141,10 @@ def format_links(log: Log, parents: np.ndarray, from_line: int = 0) -> list[str]
     return [f"{log.name}:{i} {int(parents[i])} -" for i in range(from_line, len(log))]
 
 
-def log_from_messages(name: str, rows: list[tuple]) -> Log:
+def log_from_messages(name: str, rows: list[tuple], first_annotated: int = 0) -> Log:
     """A log of one channel's messages in channel order, rows of (message_id, reply_to, author, epoch seconds or
     None, text); its gold parents are the reply links (a message with none, or with a link out of the channel,
-    starts a conversation), every line annotated."""
+    starts a conversation) of every line from `first_annotated` on (the lines before are context)."""
     index = {row[0]: line for line, row in enumerate(rows)}
     times = np.array([np.nan if row[3] is None else float(row[3]) for row in rows])
     known = times[~np.isnan(times)]
@@ -156,8 +156,11 @@ def log_from_messages(name: str, rows: list[tuple]) -> Log:
         minutes=(times - (known[0] if len(known) else 0.0)) / 60.0,
         system=np.zeros(len(rows), dtype=bool),
         ids=[row[0] for row in rows],
+        first_annotated=first_annotated,
     )
     log.parents = {
-        line: {parent if (parent := index.get(row[1], line)) <= line else line} for line, row in enumerate(rows)
+        line: {parent if (parent := index.get(row[1], line)) <= line else line}
+        for line, row in enumerate(rows)
+        if line >= first_annotated
     }
     return log

@@ -6,6 +6,11 @@ from datetime import date, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from threadembed_assets.disentangle.corpus import parse_annotation
 from threadembed_assets.sources.schema import error_row, file_head
 
 IRC_LINE = re.compile(r"^\[(\d{1,2}):(\d{2})(?::(\d{2}))?\]\s+(?:<[@+%~&]?([^>\s]+)>|\*\s+(\S+))\s?(.*)$")
@@ -80,7 +85,7 @@ def read_irc_log(path: Path, source: str, start_day: date | None = None, root: P
                 continue
             match = IRC_LINE.match(line)
             if not match:
-                reason = "system_message" if _SYSTEM_LINE.match(line) else "unparsed_line"
+                reason = "system_message" if _SYSTEM_LINE.match(line) or line.startswith("===") else "unparsed_line"
                 yield error_row(source, "irc", path.name, seq, reason, line)
                 continue
             if day is None:
@@ -132,6 +137,50 @@ def _marker_day(line: str) -> date | None:
     if found := _ISO_MARKER.match(line):
         return _real_date(*map(int, found.groups()))
     return None
+
+
+CORPUS_RAW, CORPUS_ANNOTATION = ".raw.txt", ".annotation.txt"
+
+
+def is_irc_corpus(folder: Path) -> bool:
+    """True for a folder in the IRC disentanglement corpus's own format (`<stem>.raw.txt` + `.annotation.txt`)."""
+    return folder.is_dir() and any(folder.glob("*" + CORPUS_ANNOTATION))
+
+
+def irc_corpus_rows(folder: Path, source: str) -> Iterator[dict]:
+    """Rows of a split of the IRC disentanglement corpus in its own format: each `<stem>.raw.txt` a channel of its
+    own (dated by its name), `<stem>.annotation.txt` its links (`a b -`: the later line replies to the earlier; `n n
+    -`: n starts a conversation). Annotated lines get `reply_to` (the nearest earlier parent) and a conversation (a
+    connected component); the context lines before them get neither, so the warehouse derives theirs."""
+    for raw_path in sorted(folder.glob("*" + CORPUS_RAW)):
+        stem = raw_path.name.removesuffix(CORPUS_RAW)
+        annotation = raw_path.with_name(stem + CORPUS_ANNOTATION)
+        if not annotation.exists():
+            yield error_row(source, "irc", raw_path.name, 0, f"no_annotation: {annotation.name} is missing")
+            continue
+        n_lines = len(raw_path.read_bytes().splitlines())
+        try:
+            links = parse_annotation(annotation.read_text(encoding="utf-8"), n_lines, annotation.name)
+        except ValueError as exc:
+            yield error_row(source, "irc", annotation.name, 0, f"bad_annotation: {exc}")
+            continue
+        edges = np.array([(child, parent) for child, parents in links.items() for parent in parents]).reshape(-1, 2)
+        graph = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n_lines, n_lines))
+        labels = connected_components(graph, directed=False)[1]
+        first_line = {}
+        for line, label in enumerate(labels):
+            first_line.setdefault(label, line)
+        for row in read_irc_log(raw_path, source):
+            line = row["seq"] - 1  # the corpus numbers lines from 0
+            if row.get("error") is None:
+                earlier = [p for p in links.get(line, ()) if p < line]
+                row |= {
+                    "channel": stem,
+                    "message_id": f"{stem}:{line}",
+                    "conversation_id": f"{stem}:c{first_line[labels[line]]}" if line in links else None,
+                    "reply_to": f"{stem}:{max(earlier)}" if earlier else None,
+                }
+            yield row
 
 
 def irc_disentangle_rows(records: Iterable[dict], source: str, origin: str) -> Iterator[dict]:

@@ -18,7 +18,7 @@ from threadembed_assets.sources.dialogue import (
 )
 from threadembed_assets.sources.discord import discord_api_rows, discord_unveiled_files
 from threadembed_assets.sources.hub import iter_hub_records, limited
-from threadembed_assets.sources.irc import irc_disentangle_rows
+from threadembed_assets.sources.irc import irc_corpus_rows, irc_disentangle_rows, is_irc_corpus
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.sources.schema import RawPiece, batched
 from threadembed_assets.sources.slack import read_disentangled_xml, read_slack_export_dir
@@ -75,6 +75,13 @@ def _hub_loader(to_rows: Callable[[Iterable[dict], str, str], Iterator[dict]]) -
         return batched(limited(to_rows(records, spec.key, origin), spec.row_budget(config)))
 
     return load
+
+
+def _load_irc_disentangle(spec: SourceSpec, config: RawSourceConfig) -> Iterator[RawPiece]:
+    """The corpus in its own format where `path` is such a folder (its train split, say), else the hub's schema."""
+    if config.path and is_irc_corpus(Path(config.path)):
+        return batched(limited(irc_corpus_rows(Path(config.path), spec.key), spec.row_budget(config)))
+    return _hub_loader(irc_disentangle_rows)(spec, config)
 
 
 def _required_path(spec: SourceSpec, config: RawSourceConfig) -> Path:
@@ -162,8 +169,9 @@ SOURCES: dict[str, SourceSpec] = {
             "jkkummerfeld/irc_disentangle",
             "CC-BY-4.0",
             "P0",
-            "Ubuntu IRC with annotated reply links (Kummerfeld et al., 2019).",
-            _hub_loader(irc_disentangle_rows),
+            "Ubuntu IRC with annotated reply links (Kummerfeld et al., 2019); `path` may name a split folder in the "
+            "corpus's own format (`<stem>.raw.txt` and `<stem>.annotation.txt`).",
+            _load_irc_disentangle,
             streams_from_hub=True,
             hub_config="ubuntu",
         ),
