@@ -22,6 +22,7 @@ from threadembed_assets.benchmark.metrics import (
 )
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
+    bm25_scores,
     line_windows,
     nearest_gaps,
     recency_scores,
@@ -34,6 +35,7 @@ from threadembed_assets.benchmark.score import (
     query_clusters,
     results_markdown,
     score_all,
+    score_baselines,
     score_rows,
     scored,
 )
@@ -274,6 +276,44 @@ def test_time_aware_gains_nothing_from_the_query_own_timestamp(workdir):
     assert mrr[("base", "dense")] < 0.9  # room for a leak to show
     assert mrr[("base", "time_aware")] <= mrr[("base", "dense")]
     assert mrr[("recency", "recency")] < 0.2
+
+
+def write_answered_soon_chat(path: Path) -> None:
+    """Conversations of one channel whose messages before the query were all sent at one moment, and whose query
+    (conversation c's, c hours later) is answered a second after it: in the archive, the answer gives the query's
+    conversation away by time alone; as the query arrives, that answer does not exist yet."""
+    origin, rows = dt.datetime(2020, 1, 1), []
+    for c in range(30):
+        times = [origin, origin, origin + dt.timedelta(hours=c + 1), origin + dt.timedelta(hours=c + 1, seconds=1)]
+        texts = ["anyone around?", "yes", "my question, at last", "the answer"]
+        for i, (when, text) in enumerate(zip(times, texts, strict=True)):
+            rows.append(
+                {
+                    "source": "irc_test",
+                    "channel": "#c",
+                    "message_id": f"{c}-{i}",
+                    "conversation_id": f"c{c}",
+                    "timestamp": when.isoformat(),
+                    "author": f"u{(c + i) % 5}",
+                    "text": text,
+                }
+            )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_thread_live_sees_no_message_after_the_query(workdir):
+    data = workdir / "answered_soon.jsonl"
+    write_answered_soon_chat(data)
+    config = TaskConfig(held_out_platform="", candidate_hours=0)
+    tasks = {t.name: t for t in tasks_from_file(data, config) if t.name.startswith("thread")}
+    live = tasks["thread_live"]
+    assert len(live.queries) == 30
+    assert all(len(live.docs[d].splitlines()) == 2 for d in live.relevant)  # the two messages before the query
+    assert all(max(live.doc_times[d]) < live.query_ts[q] for q, docs in enumerate(live.candidates) for d in docs)
+    results = score_baselines(list(tasks.values()), {id(t): bm25_scores(t) for t in tasks.values()})
+    recency = {r.task.name: r.mrr().mean() for r in results if r.retriever == "recency"}
+    assert recency["thread"] > 0.9  # the archive lets the later answer in: here a leak would show
+    assert recency["thread_live"] < 0.2
 
 
 def write_chat(path, n_conversations: int = 30) -> None:

@@ -154,6 +154,18 @@ def test_link_answers_from_the_messages_before_it_alone(linked_index, messages):
     assert linked_index.link(new)["parent_id"] in position or linked_index.link(new)["is_new"]
 
 
+def test_thread_of_a_new_message_sees_only_the_conversations_as_they_stood_before_it(index, messages):
+    stream = sorted(
+        (m for m in messages if m["channel"] == messages[0]["channel"]), key=lambda m: epoch_seconds(m["timestamp"])
+    )
+    asked = stream[len(stream) // 2]
+    at = epoch_seconds(asked["timestamp"])
+    new = {key: asked[key] for key in ("text", "channel", "timestamp", "author")}  # no id: not in the archive
+    hits = index.thread_of(new, k=50)
+    assert hits and all(epoch_seconds(hit.end) <= at for hit in hits)
+    assert any(epoch_seconds(hit.end) > at for hit in index.thread_of(asked, k=50))  # the archive's view does not
+
+
 def test_next_message_ranks_the_given_candidates(index, messages):
     grouped = by_conversation(messages)
     group = next(g for g in grouped.values() if len(g) >= 4)

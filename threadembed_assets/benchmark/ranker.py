@@ -1,6 +1,6 @@
 """The chat ranker: a learned combination of the model's similarity, BM25 and the chat signals of
-`chat.features`, one learner per task kind (thread, next message, next window), fitted on train-split tasks and
-chosen on dev-split tasks.
+`chat.features`, one learner per task kind (thread in the archive and live, next message, next window), fitted on
+train-split tasks and chosen on dev-split tasks.
 
 Two learners are fitted per kind and the one with the better dev MRR@10 is kept: a logistic regression on
 standardised features with missing-indicators (missing values are imputed to the feature's mean, so a query whose
@@ -38,7 +38,7 @@ from threadembed_assets.benchmark.tasks import Task, task_kind
 from threadembed_assets.chat.features import FEATURES, candidate_pairs, pair_features
 
 CHAT_RANKER = "chat_ranker"  # the asset, its models/ folder, and its name as a model and retriever in scores
-RANKED_KINDS = ("thread", "response_message", "response_window")
+RANKED_KINDS = ("thread", "thread_live", "response_message", "response_window")
 LEARNERS = ("logistic", "boosted")
 RANKER_FILE = "ranker.joblib"
 RANKER_CARD = "ranker.json"

@@ -28,7 +28,7 @@ from threadembed_assets.benchmark.retrievers import (
     time_prior,
     windowed_scores,
 )
-from threadembed_assets.benchmark.tasks import Task, task_kind, task_platform
+from threadembed_assets.benchmark.tasks import THREAD_KINDS, Task, task_kind, task_platform
 from threadembed_assets.training.train import load_model, matryoshka_dims
 from threadembed_assets.warehouse.provenance import read_provenance
 
@@ -156,7 +156,7 @@ def score_model(
             scored(name, "dense", dim, task, dense_scores(queries, docs, dim), setting=setting, full_dim=dim == dims[0])
             for dim in dims
         ]
-        if task_kind(task.name) == "thread":  # a response candidate is one window already; a summary is of the whole
+        if task_kind(task.name) in THREAD_KINDS:  # a response candidate is one window already, a summary of the whole
             windows, owners = line_windows(task.docs)
             by_window = dense_scores(queries, cache.encode(model, key, windows, batch_size))
             by_windows = windowed_scores(full, by_window, owners)

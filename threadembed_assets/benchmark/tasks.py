@@ -7,6 +7,7 @@ queries' conversations, and the real interleaved neighbours of a message are wha
 retriever sees only what is known without the answer: a thread query's own message is left out of its
 conversation (text, times and order), and a response query is its prefix."""
 
+import bisect
 import hashlib
 import itertools
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ from threadembed_assets.warehouse.provenance import conversation_key
 from threadembed_assets.warehouse.render import RENDER_MESSAGE_SQL
 from threadembed_assets.warehouse.schema import table_names
 
-TASK_KINDS = ("thread", "response_message", "response_window", "summary")
+TASK_KINDS = ("thread", "thread_live", "response_message", "response_window", "summary")
+THREAD_KINDS = ("thread", "thread_live")  # a message finds its conversation: in the archive, or as it arrives
 
 
 class TaskConfig(dg.Config):
@@ -350,6 +352,7 @@ def build_tasks(
     picked = _query_conversations(data, query_splits, config)
     tasks = [
         _thread_task(data, picked, config, suffix),
+        _thread_live_task(data, picked, config, suffix),
         *_response_tasks(data, picked, config, suffix),
     ]
     if platform is None:
@@ -395,6 +398,29 @@ def _thread_task(data: ChatLines, picked: list[str], config: TaskConfig, suffix:
         indices = [corpus.add(other_cid, kept) for other_cid, kept in candidates]
         queries.add([query], corpus.index[cid], indices, cid, data.key(cid))
     return queries.task("thread" + suffix, data.name, corpus)
+
+
+def _thread_live_task(data: ChatLines, picked: list[str], config: TaskConfig, suffix: str) -> Task:
+    """A message finds its conversation as it arrives: the same query messages as `thread` (never the first of their
+    conversation), each candidate conversation of the channel cut to its messages before the query (none after it,
+    and so no hole where the query was), among those active within `candidate_hours` before it. A cut conversation
+    is a document of its own (`<conversation id>@<messages kept>`)."""
+    corpus, queries = Corpus(config.max_doc_chars), Queries()
+    window_s = config.candidate_hours * 3600
+    for cid in picked:
+        lines = data.by_conversation[cid]
+        query = lines[len(lines) // 2]
+        candidates, own = [], None
+        for other_cid, other in data.conversations_of_channel[query.channel].items():
+            before = other[: bisect.bisect_left(other, query.order, key=lambda line: line.order)]
+            if before and (other_cid == cid or near(before, query.ts, window_s)):
+                index = corpus.add(f"{other_cid}@{len(before)}", sorted(before, key=lambda line: line.position))
+                candidates.append(index)
+                own = index if other_cid == cid else own
+        if own is None or not near([line for line in lines if line.order < query.order], query.ts, window_s):
+            continue  # nothing of its conversation came before it near enough: no fair candidate set
+        queries.add([query], own, candidates, cid, data.key(cid))
+    return queries.task("thread_live" + suffix, data.name, corpus)
 
 
 def near(lines: list[Line], ts: float | None, window_s: float) -> bool:

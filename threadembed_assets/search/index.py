@@ -426,9 +426,12 @@ class ChatIndex:
     def thread_of(self, message: dict, k: int = 10) -> ThreadHits:
         """The conversations `message` may belong to, best first, among those of its channel with a message within
         `CANDIDATE_HOURS` of it (at most `MAX_THREAD_CANDIDATES`: the nearest in time, else the best by the ANN
-        index). An archived message (same `message_id`) is left out of its own conversation."""
-        line = self._line(checked_message(message))
-        return self._thread(line, {line.message_id}, k)
+        index). An archived message (same `message_id`) is left out of its own conversation; a message the archive
+        does not hold is asked as it arrives: each conversation is cut to its messages before it, and the chat
+        ranker's `thread_live` learner ranks them (where the published ranker has one)."""
+        message = checked_message(message)
+        line = self._line(message)
+        return self._thread(line, {line.message_id}, k, live=self._archived(message) is None)
 
     def _candidate_docs(self, query: Line) -> np.ndarray:
         """Indices of the conversations `query` may join, sorted: those of its channel (of the archive when the
@@ -447,18 +450,23 @@ class ChatIndex:
         vector = self.cache.encode(self.encoder, self.key, [query.text], self.batch_size)[0]
         return np.sort(self.vectors.search(vector, MAX_THREAD_CANDIDATES, mask)[0])
 
-    def _thread(self, query: Line, left_out: set[str], k: int) -> ThreadHits:
+    def _thread(self, query: Line, left_out: set[str], k: int, live: bool = False) -> ThreadHits:
         corpus, queries = Corpus(MAX_DOC_CHARS), Queries()
         candidates = []
         for doc in self._candidate_docs(query):
             cid = self.conversation_ids[doc]
-            kept = [line for line in self.lines.by_conversation[cid] if line.message_id not in left_out]
+            kept = [
+                line
+                for line in self.lines.by_conversation[cid]
+                if line.message_id not in left_out and (not live or line.order < query.order)
+            ]
             if kept and near(kept, query.ts, CANDIDATE_HOURS * 3600):
                 candidates.append(corpus.add(cid, sorted(kept, key=lambda line: line.position)))
         if not candidates:
             return ThreadHits([], is_new=True if self.new_threshold else None, confidence=None)
         queries.add([query], candidates[0], candidates, query.conversation_id, "")
-        scores, confidence, scorer = self._rank(queries.task("thread", self.source, corpus))
+        kind = "thread_live" if live and self.ranker is not None and self.ranker.ranks("thread_live") else "thread"
+        scores, confidence, scorer = self._rank(queries.task(kind, self.source, corpus))
         order = [i for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])][:k]
         hits = [
             Hit(
