@@ -235,6 +235,22 @@ def test_benchmark_tasks_refuse_a_model_that_learned_from_a_test_conversation(wo
     assert "thread_model" in failure and "learned from the conversations of" in failure
 
 
+def conversation_rows(c: int, times: list, texts: list[str]) -> list[dict]:
+    """Conversation c of channel `#c`: a message per (time or None, text), authors taking turns."""
+    return [
+        {
+            "source": "irc_test",
+            "channel": "#c",
+            "message_id": f"{c}-{i}",
+            "conversation_id": f"c{c}",
+            "timestamp": when.isoformat() if when else None,
+            "author": f"u{(c + i) % 5}",
+            "text": text,
+        }
+        for i, (when, text) in enumerate(zip(times, texts, strict=True))
+    ]
+
+
 def write_time_only_chat(path: Path) -> None:
     """Conversations of one channel where only a query's own timestamp links it to its conversation's time span:
     the messages of every conversation but its middle (query) one were sent at the same moment (or carry no time),
@@ -247,19 +263,7 @@ def write_time_only_chat(path: Path) -> None:
         times = [origin, origin + dt.timedelta(seconds=1), origin + dt.timedelta(hours=c + 1), None]
         topic = topics[c % len(topics)]
         texts = [f"anyone know about {topic}?", f"{topic} again", f"the {topic} fix worked", "ok"]
-        for i, (when, text) in enumerate(zip(times, texts, strict=True)):
-            rows.append(
-                {
-                    "source": "irc_test",
-                    "channel": "#c",
-                    "message_id": f"{c}-{i}",
-                    "conversation_id": f"c{c}",
-                    "reply_to": None,
-                    "timestamp": when.isoformat() if when else None,
-                    "author": f"u{(c + i) % 5}",
-                    "text": text,
-                }
-            )
+        rows += conversation_rows(c, times, texts)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -286,18 +290,7 @@ def write_answered_soon_chat(path: Path) -> None:
     for c in range(30):
         times = [origin, origin, origin + dt.timedelta(hours=c + 1), origin + dt.timedelta(hours=c + 1, seconds=1)]
         texts = ["anyone around?", "yes", "my question, at last", "the answer"]
-        for i, (when, text) in enumerate(zip(times, texts, strict=True)):
-            rows.append(
-                {
-                    "source": "irc_test",
-                    "channel": "#c",
-                    "message_id": f"{c}-{i}",
-                    "conversation_id": f"c{c}",
-                    "timestamp": when.isoformat(),
-                    "author": f"u{(c + i) % 5}",
-                    "text": text,
-                }
-            )
+        rows += conversation_rows(c, times, texts)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
