@@ -5,9 +5,9 @@
 CORPUS is the IRC disentanglement corpus in its own format (`train/` and `dev/` of `<stem>.raw.txt` and
 `<stem>.annotation.txt`). The linker is fitted on --train-files logs of the train split (evenly spaced in name
 order), its new-conversation bias tuned on 10 other train logs, and it and the baselines are scored on every dev log
-with the paper's metrics, with the model's similarity (--model: the best published stage by default) and without
-it. Speed: messages per second of linking the dev split end to end, encoding included, against encoding the same
-messages alone in the same run.
+with the paper's metrics, with the model's similarity (--model: the best published stage by default), without it,
+and with it but without the conversation pass. Speed: messages per second of linking the dev split end to end,
+encoding included, against encoding the same messages alone in the same run.
 """
 
 import argparse
@@ -21,7 +21,7 @@ from threadembed_assets.benchmark.metrics import paired_test, verdict
 from threadembed_assets.benchmark.retrievers import shared_embeddings
 from threadembed_assets.disentangle.assets import METRICS, compare, sentence_encoder
 from threadembed_assets.disentangle.corpus import read_split
-from threadembed_assets.disentangle.linker import fit, tune_new_bias
+from threadembed_assets.disentangle.linker import LinkerParams, fit, tune_new_bias
 from threadembed_assets.disentangle.metrics import line_hits
 from threadembed_assets.settings import exit_quietly
 from threadembed_assets.training.resources import ModelStore
@@ -47,9 +47,14 @@ def main() -> int:
     hits: dict[str, np.ndarray] = {}
     with shared_embeddings() as cache:  # a re-run reads the vectors of the run before
         with_model = sentence_encoder(model_path, "cpu", 64, cache)
-        for name, encode in [("text and chat", None), ("with the model", with_model)]:
+        one_pass = LinkerParams(conversation_pass=False)
+        for name, encode, params in [
+            ("text and chat", None, None),
+            ("with the model, one pass", with_model, one_pass),
+            ("with the model", with_model, None),
+        ]:
             started = time.perf_counter()
-            linker = fit(fit_logs, encode)
+            linker = fit(fit_logs, encode, params)
             tune_new_bias(linker, tune_logs, encode)
             print(f"fitted ({name}) on {sum(len(g) for g in fit_logs)} lines in {time.perf_counter() - started:.0f} s")
             scores, parents = compare(linker, dev, encode)
@@ -68,8 +73,9 @@ def main() -> int:
     for baseline, outcome in rows["disentangler (with the model)"].items():
         if baseline.startswith("vs_"):
             print(f"  {baseline}: {outcome['verdict']} {outcome['delta']:+.4f} p={outcome['p']:.4f}")
-    delta, p = paired_test(hits["with the model"], hits["text and chat"])
-    print(f"  vs the linker without the model: {verdict(delta, p)} {delta:+.4f} p={p:.4f}")
+    for other, what in [("text and chat", "without the model"), ("with the model, one pass", "one pass")]:
+        delta, p = paired_test(hits["with the model"], hits[other])
+        print(f"  vs the linker {what}: {verdict(delta, p)} {delta:+.4f} p={p:.4f}")
     encode = sentence_encoder(model_path, "cpu", 64, None)  # speed: nothing cached, the last linker
     texts = [t for log in dev for t in log.texts]
     started = time.perf_counter()

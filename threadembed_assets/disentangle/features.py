@@ -22,6 +22,18 @@ the vocabulary's weights are fixed when the linker is fitted, and a nick counts 
 | `message_question`, `candidate_question` | a `?` in the message / the candidate |
 | `message_words`, `candidate_words` | log(1 + words) |
 | `message_url`, `candidate_url` | a link |
+
+The conversation pass adds, for each candidate, features of the conversation it belongs to so far, as a first
+linking pass (over the lines before the message only) cut the window into conversations:
+
+| feature | what |
+| --- | --- |
+| `conversation_lines` | lines of the candidate's conversation in the window |
+| `conversation_latest` | the candidate is its conversation's latest line before the message |
+| `conversation_log_minutes` | log(1 + minutes) since the conversation's latest line |
+| `conversation_tfidf`, `conversation_dense` | the best TF-IDF / model similarity of the message to a line of it |
+| `conversation_speaker` | the message's speaker wrote in it |
+| `conversation_named` | the message addresses or names a speaker of it |
 """
 
 import re
@@ -61,6 +73,15 @@ FEATURES = (
     "candidate_words",
     "message_url",
     "candidate_url",
+)
+CONVERSATION_FEATURES = (
+    "conversation_lines",
+    "conversation_latest",
+    "conversation_log_minutes",
+    "conversation_tfidf",
+    "conversation_dense",
+    "conversation_speaker",
+    "conversation_named",
 )
 _ADDRESS = re.compile(r"^\s*([^\s:,<>]+)\s*[:,]")
 _URL = re.compile(r"https?://|www\.")
@@ -190,3 +211,33 @@ def log_features(log: Log, window: int, tfidf: sparse.csr_matrix, dense: np.ndar
         "candidate_url": url[j],
     }
     return grid, np.stack([np.asarray(values[f], dtype=np.float32) for f in FEATURES], axis=-1)
+
+
+def conversation_features(grid: Grid, roots: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The conversation features (lines x (window + 1) x CONVERSATION_FEATURES) of a log's grid, from `roots` (each
+    line's first line by a first linking pass, which reads nothing after the line) and the pair features `values`;
+    NaN for the message itself."""
+    column = {name: values[..., FEATURES.index(name)] for name in FEATURES}
+    width = grid.parent.shape[1]
+    label = np.where(grid.mask, roots[grid.parent], -1)
+    seen = grid.mask.copy()
+    seen[:, 0] = False  # the message's own conversation is what is being decided
+    same = (label[:, :, None] == label[:, None, :]) & seen[:, None, :]  # candidate k and window line k' share one
+    later = np.arange(width)[None, :] < np.arange(width)[:, None]  # line k' came after candidate k
+
+    def best(pair: np.ndarray) -> np.ndarray:  # over the lines of the candidate's conversation (NaN stays unknown)
+        return np.where(same, pair[:, None, :], -np.inf).max(axis=-1)
+
+    named = (column["addresses_candidate"] + column["mentions_candidate"]) > 0
+    out = {
+        "conversation_lines": same.sum(axis=-1),
+        "conversation_latest": ~(same & later[None]).any(axis=-1),
+        "conversation_log_minutes": np.where(same, column["log_minutes"][:, None, :], np.inf).min(axis=-1),
+        "conversation_tfidf": best(column["tfidf"]),
+        "conversation_dense": best(column["dense"]),
+        "conversation_speaker": best(column["same_speaker"]),
+        "conversation_named": best(named.astype(np.float32)),
+    }
+    stacked = np.stack([np.asarray(out[f], dtype=np.float32) for f in CONVERSATION_FEATURES], axis=-1)
+    stacked[:, 0] = np.nan
+    return np.where(grid.mask[..., None], stacked, np.nan)

@@ -15,7 +15,14 @@ from sentence_transformers import SentenceTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from threadembed_assets.disentangle.corpus import Log
-from threadembed_assets.disentangle.features import DEFAULT_WINDOW, FEATURES, Grid, log_features
+from threadembed_assets.disentangle.features import (
+    CONVERSATION_FEATURES,
+    DEFAULT_WINDOW,
+    FEATURES,
+    Grid,
+    conversation_features,
+    log_features,
+)
 from threadembed_assets.disentangle.metrics import score_logs
 
 DISENTANGLER = "disentangler"  # the asset and its models/ folder
@@ -32,11 +39,13 @@ class LinkerParams:
     num_leaves: int = 31
     min_child_samples: int = 50
     seed: int = 13
+    conversation_pass: bool = True  # a second ranker that reads the conversations a first pass found
 
 
 @dataclass
 class Linker:
-    """A fitted linker: the vocabulary's weights, the ranking model and the new-conversation bias."""
+    """A fitted linker: the vocabulary's weights, the ranking model (and, with the conversation pass, the second
+    ranking model that reads the first pass's conversations) and the new-conversation bias."""
 
     params: LinkerParams
     vectorizer: TfidfVectorizer
@@ -44,25 +53,38 @@ class Linker:
     new_bias: float = 0.0
     uses_dense: bool = False
     importances: dict[str, float] = field(default_factory=dict)
+    conversation_ranker: lgb.LGBMRanker | None = None
 
     def features(self, log: Log, encode: Encode | None) -> tuple[Grid, np.ndarray]:
         tfidf = self.vectorizer.transform(log.texts)
         dense = encode(log.texts) if (encode is not None and self.uses_dense) else None
         return log_features(log, self.params.window, tfidf, dense)
 
-    def scores(self, log: Log, encode: Encode | None = None, chunk: int = 2000) -> tuple[Grid, np.ndarray]:
-        """The ranking score of every candidate (lines x (window + 1)), -inf where there is none. Lines go through
-        in chunks with the window before each, so features never take more memory than a chunk's."""
+    def chunks(self, log: Log, encode: Encode | None, first: lgb.LGBMRanker | None = None, chunk: int = 2000):
+        """(first line, end, candidate mask, feature rows) of each chunk of lines, with the window before each as
+        context, so features never take more memory than a chunk's. With a `first` ranker, each line's conversation
+        features (see `features.conversation_features`) follow from its links, which read no later line."""
         window, n = self.params.window, len(log)
-        grid, out = Grid.of(n, window), np.full((n, window + 1), -np.inf)
+        roots = np.arange(n)
         for start in range(0, n, chunk):
             low, end = max(start - window, 0), min(start + chunk, n)
             part, values = self.features(log.slice(low, end), encode)
             rows = slice(start - low, end - low)
-            mask = part.mask[rows]
-            block = np.full(mask.shape, -np.inf)
-            block[mask] = self.ranker.booster_.predict(values[rows][mask]) if mask.any() else []
-            out[start:end] = block
+            if first is not None:
+                first_scores = _predict(first, part.mask[rows], values[rows])
+                parents = low + parents_from_scores(Grid(part.parent[rows], part.mask[rows]), first_scores, 0.0)
+                for line, parent in zip(range(start, end), parents, strict=True):
+                    roots[line] = line if parent == line else roots[parent]
+                values = np.concatenate([values, conversation_features(part, roots[low:end] - low, values)], axis=-1)
+            yield start, end, part.mask[rows], values[rows]
+
+    def scores(self, log: Log, encode: Encode | None = None, chunk: int = 2000) -> tuple[Grid, np.ndarray]:
+        """The ranking score of every candidate (lines x (window + 1)), -inf where there is none."""
+        grid, out = Grid.of(len(log), self.params.window), np.full((len(log), self.params.window + 1), -np.inf)
+        second = getattr(self, "conversation_ranker", None)
+        first = self.ranker if second is not None else None
+        for start, end, mask, values in self.chunks(log, encode, first, chunk):
+            out[start:end] = _predict(second or self.ranker, mask, values)
         return grid, out
 
     def link(self, log: Log, encode: Encode | None = None) -> np.ndarray:
@@ -83,40 +105,41 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+def _predict(ranker: lgb.LGBMRanker, mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    block = np.full(mask.shape, -np.inf)
+    block[mask] = ranker.booster_.predict(values[mask]) if mask.any() else []
+    return block
+
+
 def parents_from_scores(grid: Grid, scores: np.ndarray, new_bias: float) -> np.ndarray:
     biased = scores.copy()
     biased[:, 0] += new_bias
     return grid.parent[np.arange(len(scores)), biased.argmax(axis=1)]
 
 
-def training_rows(linker: Linker, logs: Sequence[Log], encode: Encode | None):
-    """Feature rows, labels and query group sizes of every annotated line whose gold parent is a candidate."""
+def training_rows(linker: Linker, logs: Sequence[Log], encode: Encode | None, first: lgb.LGBMRanker | None = None):
+    """Feature rows, labels and query group sizes of every annotated line whose gold parent is a candidate (with
+    the conversation features of `first`'s links, where given)."""
     rows, labels, groups = [], [], []
     for log in logs:
-        grid, values = linker.features(log, encode)
-        gold = np.zeros(grid.mask.shape, dtype=bool)
-        for line in log.annotated():
-            for parent in log.parents.get(line, ()):
-                if line - parent <= linker.params.window:
-                    gold[line, line - parent] = True
-        keep = np.zeros(len(log), dtype=bool)
-        keep[list(log.annotated())] = True
-        keep &= gold.any(axis=1)
-        mask = grid.mask & keep[:, None]
-        rows.append(values[mask])
-        labels.append(gold[mask].astype(int))
-        groups.append(mask.sum(axis=1)[keep])
+        annotated = np.zeros(len(log), dtype=bool)
+        annotated[list(log.annotated())] = True
+        for start, end, mask, values in linker.chunks(log, encode, first):
+            gold = np.zeros(mask.shape, dtype=bool)
+            for line in range(max(start, log.first_annotated), end):
+                for parent in log.parents.get(line, ()):
+                    if line - parent <= linker.params.window:
+                        gold[line - start, line - parent] = True
+            keep = annotated[start:end] & gold.any(axis=1)
+            kept = mask & keep[:, None]
+            rows.append(values[kept])
+            labels.append(gold[kept].astype(int))
+            groups.append(kept.sum(axis=1)[keep])
     return np.concatenate(rows), np.concatenate(labels), np.concatenate(groups)
 
 
-def fit(train: Sequence[Log], encode: Encode | None = None, params: LinkerParams | None = None) -> Linker:
-    """A linker fitted on annotated logs (`encode`: the model's vectors, or None for text and chat signals only)."""
-    params = params or LinkerParams()
-    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, token_pattern=r"(?u)\b\w+\b")
-    vectorizer.fit([t for log in train for t in log.texts])
-    linker = Linker(params, vectorizer, uses_dense=encode is not None)
-    x, y, groups = training_rows(linker, train, encode)
-    linker.ranker = lgb.LGBMRanker(
+def _fit_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, params: LinkerParams, names: list[str]):
+    ranker = lgb.LGBMRanker(
         objective="lambdarank",
         n_estimators=params.n_estimators,
         learning_rate=params.learning_rate,
@@ -127,9 +150,29 @@ def fit(train: Sequence[Log], encode: Encode | None = None, params: LinkerParams
         n_jobs=2,
         verbose=-1,
     )
-    linker.ranker.fit(x, y, group=groups, feature_name=list(FEATURES))
-    gains = linker.ranker.booster_.feature_importance("gain")
-    linker.importances = {f: round(float(g / gains.sum()), 4) for f, g in zip(FEATURES, gains, strict=True)}
+    return ranker.fit(x, y, group=groups, feature_name=names)
+
+
+def fit(train: Sequence[Log], encode: Encode | None = None, params: LinkerParams | None = None) -> Linker:
+    """A linker fitted on annotated logs (`encode`: the model's vectors, or None for text and chat signals only).
+
+    With the conversation pass, the second ranker learns from conversations that a first ranker fitted on the
+    other half of the logs found (cross-fitted, so that they are as wrong as they will be on new logs)."""
+    params = params or LinkerParams()
+    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, token_pattern=r"(?u)\b\w+\b")
+    vectorizer.fit([t for log in train for t in log.texts])
+    linker = Linker(params, vectorizer, uses_dense=encode is not None)
+    linker.ranker = _fit_ranker(*training_rows(linker, train, encode), params, list(FEATURES))
+    final, names = linker.ranker, list(FEATURES)
+    if params.conversation_pass and len(train) >= 2:
+        halves = (train[::2], train[1::2])
+        firsts = [_fit_ranker(*training_rows(linker, half, encode), params, names) for half in halves]
+        stacked = [training_rows(linker, halves[1 - k], encode, firsts[k]) for k in (0, 1)]
+        names = names + list(CONVERSATION_FEATURES)
+        x, y, groups = (np.concatenate(parts) for parts in zip(*stacked, strict=True))
+        final = linker.conversation_ranker = _fit_ranker(x, y, groups, params, names)
+    gains = final.booster_.feature_importance("gain")
+    linker.importances = {f: round(float(g / gains.sum()), 4) for f, g in zip(names, gains, strict=True)}
     return linker
 
 
