@@ -458,7 +458,7 @@ class ChatIndex:
             kept = [
                 line
                 for line in self.lines.by_conversation[cid]
-                if line.message_id not in left_out and (not live or line.order < query.order)
+                if line.message_id not in left_out and (not live or _came_before(line, query))
             ]
             if kept and near(kept, query.ts, CANDIDATE_HOURS * 3600):
                 candidates.append(corpus.add(cid, sorted(kept, key=lambda line: line.position)))
@@ -683,6 +683,14 @@ class ChatIndex:
         picked = np.random.default_rng(seed).permutation(len(lines))[:sample]
         texts = [lines[i].text for i in picked]
         return self.vectors.recall(self.cache.encode(self.encoder, self.key, texts, self.batch_size), k)
+
+
+def _came_before(line: Line, query: Line) -> bool:
+    """Whether an archived line was there when `query` arrived: before it in its channel; in another channel (the
+    query's is unknown), no later than its time, or at all when that is unknown (it arrives now)."""
+    if line.channel == query.channel:
+        return line.order < query.order
+    return query.ts is None or line.ts is None or line.ts <= query.ts
 
 
 def best_threshold(confidences: np.ndarray, is_new: np.ndarray) -> tuple[float, float]:
