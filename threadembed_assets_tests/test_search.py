@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, line_windows, model_key
+from threadembed_assets.benchmark.retrievers import EmbeddingCache, model_key
 from threadembed_assets.benchmark.tasks import Task
 from threadembed_assets.disentangle.corpus import log_from_messages
 from threadembed_assets.disentangle.linker import DISENTANGLER, LinkerParams, fit, save_linker
@@ -427,9 +427,10 @@ def test_thread_of_a_message_with_no_channel_or_time_encodes_a_bounded_number_of
     before = index.cache.misses
     hits = index.thread_of({"text": "my xfce panel disappeared"}, k=50)
     assert 0 < len(hits) <= 5
-    # The query, then at most the windows of the 5 longest conversations (their whole texts come from the index).
-    longest = sorted(index.docs, key=len, reverse=True)[:5]
-    assert index.cache.misses - before <= 1 + len(line_windows(longest)[0])
+    # The query, then at most the messages of the 5 conversations with the most (each message encoded once: windows
+    # and whole conversations are pooled from them).
+    largest = sorted(index.docs, key=lambda doc: doc.count("\n"), reverse=True)[:5]
+    assert index.cache.misses - before <= 1 + sum(doc.count("\n") + 1 for doc in largest)
     # With a time, the candidates are the conversations nearest to it.
     at = float(np.nanmedian(index.starts))
     hits = index.thread_of({"text": "my xfce panel disappeared", "timestamp": at}, k=50)

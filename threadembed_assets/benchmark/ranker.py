@@ -27,12 +27,12 @@ from sklearn.preprocessing import StandardScaler
 
 from threadembed_assets.benchmark.metrics import paired_test, per_query, ranks_of_relevant, verdict
 from threadembed_assets.benchmark.retrievers import (
-    EmbeddingCache,
+    CachedEncoder,
     best_window_scores,
     bm25_scores,
     dense_scores,
-    encode_task,
     line_windows,
+    pooled_vectors,
 )
 from threadembed_assets.benchmark.tasks import Task, task_kind
 from threadembed_assets.chat.features import FEATURES, candidate_pairs, pair_features
@@ -77,15 +77,20 @@ class Features:
 
 
 def text_signals(
-    model, key: str, task: Task, cache: EmbeddingCache, batch_size: int, bm25: np.ndarray
+    model, key: str, task: Task, cache: CachedEncoder, batch_size: int, bm25: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The (queries x documents) text signals of a task: the model's similarity to the whole document and to its
-    best window (see `retrievers.windowed_scores`), and BM25."""
-    queries, docs = encode_task(model, key, task, cache, batch_size)
-    dense = dense_scores(queries, docs)
+    best window (see `retrievers.windowed_scores`), documents and windows pooled from their messages' vectors
+    (`retrievers.pooled_vectors`), and BM25."""
+    queries = cache.encode(model, key, task.queries, batch_size)
     windows, owners = line_windows(task.docs)
-    by_window = dense_scores(queries, cache.encode(model, key, windows, batch_size))
-    return {"dense": dense, "dense_window": best_window_scores(by_window, owners, len(task.docs)), "bm25": bm25}
+    pooled = pooled_vectors(model, key, [*task.docs, *windows], cache, batch_size)
+    docs, by_window = pooled[: len(task.docs)], dense_scores(queries, pooled[len(task.docs) :])
+    return {
+        "dense": dense_scores(queries, docs),
+        "dense_window": best_window_scores(by_window, owners, len(task.docs)),
+        "bm25": bm25,
+    }
 
 
 def task_features(task: Task, signals: dict[str, np.ndarray]) -> Features:
@@ -96,7 +101,7 @@ def task_features(task: Task, signals: dict[str, np.ndarray]) -> Features:
 
 
 def model_features(
-    model, key: str, task: Task, cache: EmbeddingCache, batch_size: int, bm25: np.ndarray | None = None
+    model, key: str, task: Task, cache: CachedEncoder, batch_size: int, bm25: np.ndarray | None = None
 ) -> Features:
     """Features of every candidate pair of `task` with `model`'s similarity (BM25 computed here unless given)."""
     bm25 = bm25_scores(task) if bm25 is None else bm25

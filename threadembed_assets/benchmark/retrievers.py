@@ -11,6 +11,7 @@ import bm25s
 import duckdb
 import numpy as np
 import pyarrow as pa
+from scipy import sparse
 
 from threadembed_assets import settings
 from threadembed_assets.benchmark.tasks import Task
@@ -136,6 +137,24 @@ def best_window_scores(window_scores: np.ndarray, owners: np.ndarray, n_docs: in
     best = np.full((window_scores.shape[0], n_docs), -np.inf)
     np.maximum.at(best.T, owners, window_scores.T)
     return best
+
+
+def pooled_vectors(model, key: str, texts: list[str], cache: CachedEncoder, batch_size: int) -> np.ndarray:
+    """Each text's vector as the mean of its lines' unit vectors (renormalised), every distinct line encoded once
+    through `cache`: a message costs one encoding whatever documents, windows and tasks it falls in. On the chat
+    ranker's thread and response tasks this scores as encoding each text whole does (README, Chat ranker)."""
+    split = [text.split("\n") for text in texts]
+    lines = list(dict.fromkeys(line for parts in split for line in parts))
+    if not lines:
+        return np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    vectors = cache.encode(model, key, lines, batch_size)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    where = {line: column for column, line in enumerate(lines)}
+    rows = np.repeat(np.arange(len(texts)), [len(parts) for parts in split])
+    columns = np.array([where[line] for parts in split for line in parts], dtype=np.int64)
+    weights = np.repeat([1.0 / len(parts) for parts in split], [len(parts) for parts in split])
+    means = sparse.csr_matrix((weights, (rows, columns)), shape=(len(texts), len(lines))) @ vectors
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def windowed_scores(doc_scores: np.ndarray, window_scores: np.ndarray, owners: np.ndarray) -> np.ndarray:

@@ -52,13 +52,18 @@ PRESETS: dict[str, dict[str, Recipe]] = {
         "retrieval_model": Recipe(**_SMOKE, max_steps=3, learning_rate=2e-5, max_pairs=48),
         "hard_negative_model": Recipe(**_SMOKE, max_steps=3, learning_rate=2e-5, max_pairs=48),
     },
-    # Step budgets planned from the throughput measured on 2 CPU cores (stage 1's triplets about 8 pairs/s at 96
-    # tokens, stage 2's pairs about 9 and stage 3's triplets about 6 at 128) and a dev evaluation of about 50 s per
-    # model: all stages, their dev evaluations and the mining between them within 15 minutes. Stage 1 reads 96 tokens:
-    # 72 steps of it cost what 56 at 128 do, and score as well or better on held-out chat (README ablation).
+    # Step budgets planned from the throughput measured on 2 CPU cores (stage 2's pairs about 9 pairs/s and stage 3's
+    # triplets about 6 at 128 tokens) and a dev evaluation of about 50 s per model. Stage 1 reads 96 tokens (72 steps
+    # of it cost what 56 at 128 do, and score as well or better on held-out chat) and its rows as pairs: the
+    # interleaved negative as a third text costs half as much again per step and tied (README ablation).
     "cpu": {
         "thread_model": Recipe(
-            **{**_CPU, "max_seq_length": 96}, max_steps=72, max_minutes=8, learning_rate=3e-5, max_pairs=12_000
+            **{**_CPU, "max_seq_length": 96},
+            max_steps=72,
+            max_minutes=8,
+            learning_rate=3e-5,
+            max_pairs=12_000,
+            negatives=False,
         ),
         "retrieval_model": Recipe(**_CPU, max_steps=28, max_minutes=4, learning_rate=1.5e-5, max_pairs=8_000),
         "hard_negative_model": Recipe(**_CPU, max_steps=16, max_minutes=4, learning_rate=1e-5, max_pairs=6_000),
