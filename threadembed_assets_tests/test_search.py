@@ -4,6 +4,7 @@ process), bad input, and the index refresh that the imports sensor's run brings.
 import gzip
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -229,7 +230,15 @@ def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_
     base = models.base_model_path()
     export = models.asset_dir(ONNX_MODEL) / "run-1"
     pytorch = load_model(base, "cpu")
-    export_onnx(pytorch, base, export)
+    root = logging.getLogger()
+    handlers, root.handlers = root.handlers, []  # as in `make run`'s process, where nothing configured logging
+    try:
+        export_onnx(pytorch, base, export)
+        # The quantizer's advice installed no root handler, which would print every library's debug lines (bm25s
+        # logs one per index it builds, and sets its own level to DEBUG).
+        assert root.handlers == [] and logging.getLogger("bm25s").getEffectiveLevel() >= logging.WARNING
+    finally:
+        root.handlers = handlers
     models.publish(ONNX_MODEL, export)
     texts = [m["text"] for m in messages[:100]]
     reference = pytorch.encode(texts, batch_size=16)

@@ -3,6 +3,7 @@ corpus), dense over a document's windows, BM25, hybrid by reciprocal rank fusion
 and recency (time proximity in the channel alone)."""
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,8 @@ from scipy import sparse
 from threadembed_assets import settings
 from threadembed_assets.benchmark.tasks import Task
 from threadembed_assets.chat.features import nearest_gaps as chat_nearest_gaps
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG when imported: a line per index
 
 RRF_K = 60
 WINDOW_LINES = 4  # a document's windows for `windowed_scores`: this many rendered lines...

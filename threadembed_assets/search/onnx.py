@@ -9,6 +9,7 @@ is the same graph by `torch.onnx.export` and the same quantization call that opt
 
 import inspect
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -66,7 +67,13 @@ def export_onnx(model, model_path: str, out_dir: Path, opset: int = 17) -> dict:
             opset_version=opset,
             dynamo=False,
         )
-    quantize_dynamic(out_dir / FLOAT_FILE, out_dir / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True)
+    root = logging.getLogger()
+    dropped = logging.NullHandler()  # the quantizer's advice goes to the root logger, which would install a handler
+    root.addHandler(dropped)  # that prints every library's debug lines for the rest of the process
+    try:
+        quantize_dynamic(out_dir / FLOAT_FILE, out_dir / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.removeHandler(dropped)
     tokenizer.save_pretrained(str(out_dir))
     config = {
         "source_model": str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,

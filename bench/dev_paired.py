@@ -1,0 +1,51 @@
+"""Two trained checkpoints on the same dev queries: the per-query reciprocal ranks each recorded when its stage
+finished, compared pair by pair (paired randomization test), per dev task.
+
+    python bench/dev_paired.py MODEL_A MODEL_B
+
+Both must come from runs over the same warehouse, so that their dev sets are the same (the recorded digest says so;
+otherwise the script refuses). Use it to compare two recipes: `make run` once with each, and each run's
+`models/<stage>/<run id>` here. No model is loaded and nothing is encoded.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from threadembed_assets.benchmark.metrics import paired_test, verdict
+from threadembed_assets.settings import exit_quietly
+from threadembed_assets.training.train import DEV_SCORES_FILE
+
+
+def recorded(folder: Path) -> dict:
+    path = folder / DEV_SCORES_FILE
+    if not path.exists():
+        raise SystemExit(f"{folder}: no {DEV_SCORES_FILE} (not a finished training stage)")
+    return json.loads(path.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_a", type=Path)
+    parser.add_argument("model_b", type=Path)
+    args = parser.parse_args()
+    a, b = recorded(args.model_a), recorded(args.model_b)
+    if a.get("dev_sets") != b.get("dev_sets"):
+        raise SystemExit("the two checkpoints were measured on different dev sets: nothing to pair")
+    print(f"A {args.model_a}\nB {args.model_b}")
+    print("| dev task | queries | A MRR@10 | B MRR@10 | B vs A |")
+    print("|---|---|---|---|---|")
+    for task in sorted(set(a.get("per_query") or {}) & set(b.get("per_query") or {})):
+        rr_a, rr_b = (np.asarray(found["per_query"][task], dtype=float) for found in (a, b))
+        delta, p_value = paired_test(rr_b, rr_a)
+        print(
+            f"| {task} | {len(rr_a)} | {rr_a.mean():.4f} | {rr_b.mean():.4f} | "
+            f"{verdict(delta, p_value)} {delta:+.4f} p={p_value:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    exit_quietly(main())
