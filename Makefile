@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export THREADEMBED_DATA_DIR ?= data
 export THREADEMBED_MODELS_DIR ?= models
 
-.PHONY: run test eval ui lint install search serve
+.PHONY: run test eval ui lint install search serve docs
 
 # The local Dagster instance (telemetry off, see dagster.yaml), so the first screens are the product's own.
 INSTANCE := $(DAGSTER_HOME)/dagster.yaml
@@ -43,6 +43,10 @@ eval: install
 
 test: install $(INSTANCE)
 	$(BIN)/python -m pytest -q
+
+# The manual (docs/, mkdocs-material) as a static site in site/; any warning fails the build.
+docs: install
+	$(BIN)/mkdocs build --strict
 
 # The whole tree, the README's Python blocks included.
 lint: install

@@ -145,7 +145,7 @@ def best_window_scores(window_scores: np.ndarray, owners: np.ndarray, n_docs: in
 def pooled_vectors(model, key: str, texts: list[str], cache: CachedEncoder, batch_size: int) -> np.ndarray:
     """Each text's vector as the mean of its lines' unit vectors (renormalised), every distinct line encoded once
     through `cache`: a message costs one encoding whatever documents, windows and tasks it falls in. On the chat
-    ranker's thread and response tasks this scores as encoding each text whole does (README, Chat ranker)."""
+    ranker's thread and response tasks this scores as encoding each text whole does (docs/pipeline/chat-ranker.md)."""
     split = [text.split("\n") for text in texts]
     lines = list(dict.fromkeys(line for parts in split for line in parts))
     if not lines:

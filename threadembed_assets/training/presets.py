@@ -55,7 +55,7 @@ PRESETS: dict[str, dict[str, Recipe]] = {
     # Step budgets planned from the throughput measured on 2 CPU cores (stage 2's pairs about 9 pairs/s and stage 3's
     # triplets about 6 at 128 tokens) and a dev evaluation of about 50 s per model. Stage 1 reads 96 tokens (72 steps
     # of it cost what 56 at 128 do, and score as well or better on held-out chat) and its rows as pairs: the
-    # interleaved negative as a third text costs half as much again per step and tied (README ablation).
+    # interleaved negative as a third text costs 2.3x the time per pair and tied (docs/pipeline/training.md).
     "cpu": {
         "thread_model": Recipe(
             **{**_CPU, "max_seq_length": 96},
@@ -80,8 +80,9 @@ PRESETS: dict[str, dict[str, Recipe]] = {
 
 
 # Assets `make run` leaves out under a preset (`--all-stages` runs them). On 2 CPU cores, stages 2 and 3 at the
-# budget that fits the run tie stage 1 on dev (about +-0.01 MRR@10, never significant: README, Training), so they are
-# never published and change nothing downstream; they and the mining between them took 10 of the run's 36 minutes.
+# budget that fits the run tie stage 1 on dev (about +-0.01 MRR@10, never significant: docs/pipeline/training.md), so
+# they are never published and change nothing downstream; they and the mining between them took 10 of the run's 36
+# minutes.
 RUN_LEAVES_OUT = {"cpu": ("retrieval_model", "hard_negative_pairs", "hard_negative_model")}
 
 # Train pairs per source that `hard_negative_pairs` mines for, by preset (encoding dominates its time).
