@@ -1,21 +1,20 @@
 """The chat ranker's text signals from its messages' vectors against encoding every document and window whole: the
 ranker fitted both ways on the same queries, scored on the same dev and test queries, and what each encodes.
 
-    python bench/ranker_pooling.py [--queries 300]
+    python bench/ranker_pooling.py [--queries 300] [--write docs/results/ranker_pooling.md]
 
 Reads the warehouse and the models of a `make run` (the model `chat_ranker` reads, its tasks cut as `chat_ranker`
 cuts them). `pooled` is what the ranker does (`retrievers.pooled_vectors`: a document or window is the mean of its
-messages' vectors, each message encoded once); `whole` encodes each document and each window as one text. Texts
-are counted before encoding (distinct, per way), and both ways encode through a fresh cache of their own, so the
-seconds are each way's cost on a first run.
+messages' vectors, each message encoded once); `whole` encodes each document and each window as one text. What
+each way costs on a first run is counted, not timed (a count does not depend on what else the machine runs): the
+distinct texts it encodes and their tokens, at most the model's input length each.
 """
 
 import argparse
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from report import add_write_option, emit
 
 from threadembed_assets.benchmark.assets import RankerConfig, ranker_model
 from threadembed_assets.benchmark.metrics import paired_test, verdict
@@ -24,6 +23,7 @@ from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
     best_window_scores,
     bm25_scores,
+    default_cache_path,
     dense_scores,
     line_windows,
     model_key,
@@ -52,6 +52,7 @@ def whole_signals(model, key, task, cache, batch_size, bm25) -> dict[str, np.nda
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=300, help="queries per task and split (the cpu preset's)")
+    add_write_option(parser)
     args = parser.parse_args()
     with connect(warehouse_path(), read_only=True) as con:
         by_split = {split: all_tasks(con, [split], RankerConfig(max_queries=args.queries)) for split in SPLITS}
@@ -65,23 +66,25 @@ def main() -> int:
         "pooled": queries | {line for doc in docs for line in doc.split("\n")},
         "whole": queries | docs | {text for t in every for text in line_windows(t.docs)[0]},
     }
-    features, seconds = {}, {}
-    for way, signals in (("pooled", text_signals), ("whole", whole_signals)):
-        with tempfile.TemporaryDirectory() as tmp:
-            cache = EmbeddingCache(Path(tmp) / "cache.duckdb")
-            started = time.perf_counter()
-            features[way] = {
-                s: [task_features(t, signals(model, key, t, cache, 64, bm25[id(t)])) for t in ts]
-                for s, ts in tasks.items()
-            }
-            seconds[way] = time.perf_counter() - started
-            cache.close()
+    cache = EmbeddingCache(default_cache_path())  # the run's vectors: both ways read what they share
+    features = {
+        way: {
+            split: [task_features(t, signals(model, key, t, cache, 64, bm25[id(t)])) for t in split_tasks]
+            for split, split_tasks in tasks.items()
+        }
+        for way, signals in (("pooled", text_signals), ("whole", whole_signals))
+    }
+    cache.close()
     rankers = {way: fit_ranker(path, f["train"], f["dev"], log=lambda message: None) for way, f in features.items()}
-    print(f"model {path}; {args.queries} queries per task and split at most")
-    for way in features:
-        print(f"{way}: {len(texts[way])} distinct texts encoded in {seconds[way]:.0f} s")
-    print("| task | split | queries | whole | pooled | pooled vs whole |")
-    print("|---|---|---|---|---|---|")
+    limit = model.max_seq_length
+    resolved = Path(path).resolve()
+    lines = [f"Model `{resolved.parent.name}/{resolved.name}`; at most {args.queries} queries per task and split.", ""]
+    lines += ["| way | distinct texts encoded | tokens |", "|---|---|---|"]
+    for way, found in texts.items():
+        tokens = sum(min(len(ids), limit) for ids in model.tokenizer(sorted(found))["input_ids"])
+        lines.append(f"| {way} | {len(found):,} | {tokens:,} |")
+    lines += ["", "MRR@10 of the ranker fitted each way, on the same queries:", ""]
+    lines += ["| task | split | queries | whole | pooled | pooled vs whole |", "|---|---|---|---|---|---|"]
     for kind in RANKED_KINDS:
         for split in ("dev", "test"):
             mrr = {
@@ -89,10 +92,11 @@ def main() -> int:
                 for way, found in features.items()
             }
             delta, p_value = paired_test(mrr["pooled"], mrr["whole"])
-            print(
+            lines.append(
                 f"| {kind} | {split} | {len(mrr['whole'])} | {mrr['whole'].mean():.4f} | {mrr['pooled'].mean():.4f} | "
                 f"{verdict(delta, p_value)} {delta:+.4f} p={p_value:.3f} |"
             )
+    emit(lines, args.write)
     return 0
 
 

@@ -73,8 +73,7 @@ class Linker:
             if first is not None:
                 first_scores = _predict(first, part.mask[rows], values[rows])
                 parents = low + parents_from_scores(Grid(part.parent[rows], part.mask[rows]), first_scores, 0.0)
-                for line, parent in zip(range(start, end), parents, strict=True):
-                    roots[line] = line if parent == line else roots[parent]
+                extend_roots(roots, parents, start)
                 values = np.concatenate([values, conversation_features(part, roots[low:end] - low, values)], axis=-1)
             yield start, end, part.mask[rows], values[rows]
 
@@ -93,11 +92,17 @@ class Linker:
         return parents_from_scores(grid, scores, self.new_bias)
 
 
-def conversation_roots(parents: np.ndarray) -> np.ndarray:
-    """The first line of each line's conversation (parents always point back, so one pass in order suffices)."""
-    roots = np.arange(len(parents))
-    for line, parent in enumerate(parents):
+def extend_roots(roots: np.ndarray, parents: np.ndarray, start: int) -> None:
+    """Set `roots[start:start + len(parents)]`, the first line of each line's conversation, from the lines' parents
+    (line numbers of the whole log; parents always point back, so one pass in order suffices)."""
+    for line, parent in enumerate(parents, start):
         roots[line] = line if parent == line else roots[parent]
+
+
+def conversation_roots(parents: np.ndarray) -> np.ndarray:
+    """The first line of each line's conversation."""
+    roots = np.arange(len(parents))
+    extend_roots(roots, parents, 0)
     return roots
 
 
