@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from report import add_write_option, emit
+from report import add_write_option, emit, paired_row
 
-from threadembed_assets.benchmark.metrics import paired_test, verdict
 from threadembed_assets.settings import exit_quietly
 from threadembed_assets.training.train import DEV_SCORES_FILE
 
@@ -41,11 +40,7 @@ def main() -> int:
     lines += ["| dev task | queries | A MRR@10 | B MRR@10 | B vs A |", "|---|---|---|---|---|"]
     for task in sorted(set(a.get("per_query") or {}) & set(b.get("per_query") or {})):
         rr_a, rr_b = (np.asarray(found["per_query"][task], dtype=float) for found in (a, b))
-        delta, p_value = paired_test(rr_b, rr_a)
-        lines.append(
-            f"| {task} | {len(rr_a)} | {rr_a.mean():.4f} | {rr_b.mean():.4f} | "
-            f"{verdict(delta, p_value)} {delta:+.4f} p={p_value:.3f} |"
-        )
+        lines.append(paired_row([task], rr_a, rr_b))
     emit(lines, args.write)
     return 0
 

@@ -14,10 +14,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from report import add_write_option, emit
+from report import add_write_option, emit, paired_row
 
 from threadembed_assets.benchmark.assets import RankerConfig, ranker_model
-from threadembed_assets.benchmark.metrics import paired_test, verdict
 from threadembed_assets.benchmark.ranker import RANKED_KINDS, fit_ranker, query_mrr, task_features, text_signals
 from threadembed_assets.benchmark.retrievers import (
     EmbeddingCache,
@@ -91,11 +90,7 @@ def main() -> int:
                 way: query_mrr(rankers[way].learners[kind], [f for f in found[split] if task_kind(f.task.name) == kind])
                 for way, found in features.items()
             }
-            delta, p_value = paired_test(mrr["pooled"], mrr["whole"])
-            lines.append(
-                f"| {kind} | {split} | {len(mrr['whole'])} | {mrr['whole'].mean():.4f} | {mrr['pooled'].mean():.4f} | "
-                f"{verdict(delta, p_value)} {delta:+.4f} p={p_value:.3f} |"
-            )
+            lines.append(paired_row([kind, split], mrr["whole"], mrr["pooled"]))
     emit(lines, args.write)
     return 0
 

@@ -10,6 +10,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
+from threadembed_assets.benchmark.metrics import paired_test, verdict
+
 
 def add_write_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write", type=Path, help="also write the results to this file (e.g. docs/results/x.md)")
@@ -35,3 +39,11 @@ def emit(lines: list[str], write: Path | None) -> None:
     if write is not None:
         write.parent.mkdir(parents=True, exist_ok=True)
         write.write_text(f"{provenance()}\n\n{text}\n")
+
+
+def paired_row(cells: list[str], reference: np.ndarray, candidate: np.ndarray) -> str:
+    """A table row: `cells`, the queries, both MRR@10s, and the paired verdict of `candidate` against `reference` on
+    the same queries."""
+    delta, p_value = paired_test(candidate, reference)
+    values = [str(len(reference)), f"{reference.mean():.4f}", f"{candidate.mean():.4f}"]
+    return "| " + " | ".join([*cells, *values, f"{verdict(delta, p_value)} {delta:+.4f} p={p_value:.3f}"]) + " |"
