@@ -115,10 +115,12 @@ class EmbeddingCache(CachedEncoder):
 
 def dense_scores(query_vectors: np.ndarray, doc_vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     """Cosine similarity at the first `dim` dimensions (Matryoshka truncation, then renormalised)."""
-    q, d = (v[:, :dim] if dim else v for v in (query_vectors, doc_vectors))
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    q, d = (_unit_rows(v[:, :dim] if dim else v) for v in (query_vectors, doc_vectors))
     return q @ d.T
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def line_windows(docs: list[str]) -> tuple[list[str], np.ndarray]:
@@ -150,14 +152,13 @@ def pooled_vectors(model, key: str, texts: list[str], cache: CachedEncoder, batc
     lines = list(dict.fromkeys(line for parts in split for line in parts))
     if not lines:
         return np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    vectors = cache.encode(model, key, lines, batch_size)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = _unit_rows(cache.encode(model, key, lines, batch_size))
     where = {line: column for column, line in enumerate(lines)}
-    rows = np.repeat(np.arange(len(texts)), [len(parts) for parts in split])
+    counts = np.array([len(parts) for parts in split])
+    rows = np.repeat(np.arange(len(texts)), counts)
     columns = np.array([where[line] for parts in split for line in parts], dtype=np.int64)
-    weights = np.repeat([1.0 / len(parts) for parts in split], [len(parts) for parts in split])
-    means = sparse.csr_matrix((weights, (rows, columns)), shape=(len(texts), len(lines))) @ vectors
-    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    means = sparse.csr_matrix((1.0 / counts[rows], (rows, columns)), shape=(len(texts), len(lines))) @ vectors
+    return _unit_rows(means).astype(np.float32)
 
 
 def windowed_scores(doc_scores: np.ndarray, window_scores: np.ndarray, owners: np.ndarray) -> np.ndarray:
