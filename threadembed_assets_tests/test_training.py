@@ -14,10 +14,11 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer
 
 from threadembed_assets import run
+from threadembed_assets.benchmark.retrievers import model_key, shared_embeddings
 from threadembed_assets.benchmark.tasks import TaskConfig, thread_task
 from threadembed_assets.pairs.build import PairConfig, build_pairs
 from threadembed_assets.sources.raw_cache import write_raw_cache
@@ -582,3 +583,46 @@ def test_recorded_dev_scores_are_read_only_for_the_same_dev_sets(tmp_path):
     assert train.recorded_dev_scores(str(tmp_path), train.dev_sets_digest(other, "cpu", "fp32")) is None
     assert train.recorded_dev_scores(str(tmp_path), train.dev_sets_digest(sets, "cuda", "bf16")) is None
     assert train.recorded_dev_scores(str(tmp_path / "base"), digest) is None
+
+
+def test_a_stage_keeps_the_dev_vectors_of_both_models_for_the_assets_after_it(monkeypatch, tmp_path):
+    """The dev evaluation before and after a stage encodes through the run's embedding cache, under the start
+    model and the saved checkpoint, so that the ONNX check and the benchmark read those vectors instead of encoding
+    the same dev texts again; the scores are the plain evaluator's."""
+    monkeypatch.setenv("THREADEMBED_DATA_DIR", str(tmp_path / "data"))
+    questions = ["how do I mount a usb drive", "wifi drops after suspend", "grub shows a black screen"]
+    answers = ["sudo mount /dev/sdb1 /mnt works", "reload the iwlwifi module", "add nomodeset to the kernel line"]
+    eval_sets = {
+        "thread": (
+            {f"q{i}": text for i, text in enumerate(questions)},
+            {f"d{i}": text for i, text in enumerate([*answers, "the channel topic is ubuntu support"])},
+            {f"q{i}": {f"d{i}"} for i in range(len(questions))},
+        )
+    }
+    train_sets = DatasetDict({"pairs": Dataset.from_dict({"anchor": questions * 4, "positive": answers * 4})})
+    recipe = Recipe(
+        epochs=1, max_steps=2, max_minutes=30, learning_rate=1e-5, batch_size=4, max_seq_length=32,
+        max_pairs=100, save_steps=10_000, eval_queries=3,
+    )  # fmt: skip
+    base_path = ModelStore().base_model_path()
+    result = train.train_stage(
+        stage="cached",
+        start_from=base_path,
+        train_sets=train_sets,
+        eval_sets=eval_sets,
+        recipe=recipe,
+        device="cpu",
+        precision="fp32",
+        eval_batch_size=8,
+        work_dir=tmp_path / "work",
+        run_dir=tmp_path / "run",
+        seed=3,
+        log=lambda message: None,
+    )
+    texts = [*eval_sets["thread"][0].values(), *eval_sets["thread"][1].values()]
+    with shared_embeddings() as cache:
+        for path in (base_path, str(result.run_dir)):
+            cache.encode(load_model(path, "cpu"), model_key(path), texts, 8)
+        assert (cache.hits, cache.misses) == (2 * len(texts), 0)
+    plain = train.headline(train.dev_evaluator(eval_sets, 8)(load_model(str(result.run_dir), "cpu")))
+    assert result.dev_after == {task: pytest.approx(scores) for task, scores in plain.items()}

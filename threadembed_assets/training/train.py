@@ -10,9 +10,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer import losses
@@ -20,6 +22,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from threadembed_assets.benchmark.retrievers import CachedEncoder, model_key, shared_embeddings
 from threadembed_assets.training.batching import ChatTrainer, batch_sampler
 from threadembed_assets.training.data import training_set_summary
 from threadembed_assets.training.presets import Recipe
@@ -179,9 +182,20 @@ class StageResult:
 
 class PerQueryIREvaluator(InformationRetrievalEvaluator):
     """sentence-transformers' IR evaluator that also keeps each query's reciprocal rank at 10 (query order) of its
-    last evaluation, for a paired test of two models on the same queries."""
+    last evaluation, for a paired test of two models on the same queries. With `cache` and `model_key` set, texts
+    are encoded through the run's embedding cache, so that the assets after training read the dev vectors of the
+    models it measured instead of encoding them again."""
 
     reciprocal_ranks: list[float]
+    cache: CachedEncoder | None = None
+    model_key: str | None = None
+
+    def embed_inputs(self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs):
+        prompted = prompt or prompt_name or model.prompts.get(encode_fn_name or "")
+        if self.cache is None or self.model_key is None or prompted or kwargs:
+            return super().embed_inputs(model, sentences, encode_fn_name, prompt_name, prompt, **kwargs)
+        vectors = self.cache.encode(model, self.model_key, list(sentences), self.batch_size)
+        return torch.from_numpy(vectors).to(model.device)
 
     def compute_metrics(self, queries_result_list: list[object]):
         self.reciprocal_ranks = []
@@ -220,12 +234,21 @@ def dev_evaluator(eval_sets: dict[str, tuple[dict, dict, dict]], batch_size: int
 
 
 def evaluate_dev(
-    evaluator: SequentialEvaluator | None, model: SentenceTransformer
+    evaluator: SequentialEvaluator | None, model: SentenceTransformer, model_path: str | Path | None = None
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
-    """The headline scores (`headline`) and per-query reciprocal ranks of `model` on every dev task."""
+    """The headline scores (`headline`) and per-query reciprocal ranks of `model` on every dev task. With
+    `model_path` (where `model` is saved), its vectors go through the run's embedding cache under that model."""
     if evaluator is None:
         return {}, {}
-    scores = headline(evaluator(model))
+    with shared_embeddings() if model_path is not None else nullcontext() as cache:
+        for task_evaluator in evaluator.evaluators:
+            task_evaluator.cache = cache
+            task_evaluator.model_key = model_key(str(model_path)) if model_path is not None else None
+        try:
+            scores = headline(evaluator(model))
+        finally:
+            for task_evaluator in evaluator.evaluators:
+                task_evaluator.cache = task_evaluator.model_key = None
     return scores, {e.name.removeprefix("dev_"): e.reciprocal_ranks for e in evaluator.evaluators}
 
 
@@ -310,7 +333,7 @@ def train_stage(
     evaluator = dev_evaluator(eval_sets, eval_batch_size)
     digest = dev_sets_digest(eval_sets, device, precision)
     recorded = recorded_dev_scores(start_from, digest) if evaluator else None
-    dev_before, per_query_before = recorded or evaluate_dev(evaluator, model)
+    dev_before, per_query_before = recorded or evaluate_dev(evaluator, model, start_from)
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
@@ -349,15 +372,15 @@ def train_stage(
     final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
     train_seconds, pairs_per_second = progress.train_seconds(), progress.pairs_per_second()
-    dev_after, per_query_after = evaluate_dev(evaluator, model)
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial))
-    if dev_after:
-        record = {"dev_sets": digest, "scores": dev_after, "per_query": per_query_after}
-        (partial / DEV_SCORES_FILE).write_text(json.dumps(record))
     partial.rename(run_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
+    dev_after, per_query_after = evaluate_dev(evaluator, model, run_dir)  # saved first: its vectors are kept
+    if dev_after:
+        record = {"dev_sets": digest, "scores": dev_after, "per_query": per_query_after}
+        (run_dir / DEV_SCORES_FILE).write_text(json.dumps(record))
     return StageResult(
         run_dir=run_dir,
         steps=steps,
