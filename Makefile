@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 # TQDM_DISABLE: progress comes as one log line per stage and step interval, not as interleaved progress bars.
 run: install $(INSTANCE)
-	TQDM_DISABLE=1 $(BIN)/python -m threadembed_assets.run --source $(SOURCE) --preset $(PRESET)
+	TQDM_DISABLE=1 $(BIN)/python -m threadembed_assets.run --source $(SOURCE) --preset $(PRESET) $(if $(WRITE),--write $(WRITE))
 
 # The quality yardstick: every published model, the base model and the baselines on held-out IRC and Slack chat
 # (../shared beside the checkout; skipped, saying why, without it).

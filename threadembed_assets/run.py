@@ -1,11 +1,12 @@
 """`make run`: materialize the pipeline for one source partition and print a short summary.
 
-python -m threadembed_assets.run --source ubuntu_irc --preset cpu
+python -m threadembed_assets.run --source ubuntu_irc --preset cpu [--write docs/results/make_run.md]
 """
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import dagster as dg
 
@@ -13,6 +14,7 @@ from threadembed_assets import settings
 from threadembed_assets.definitions import ASSET_CHECKS, ASSETS, build_resources
 from threadembed_assets.disentangle.assets import DEV_LINE
 from threadembed_assets.pairs.build import STRATEGIES
+from threadembed_assets.reports import write_results
 from threadembed_assets.sources.registry import SOURCES
 from threadembed_assets.training.assets import STAGES
 from threadembed_assets.training.presets import (
@@ -200,18 +202,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--all-stages", action="store_true", help="Also run what the preset leaves out (cpu: stages 2 and 3)."
     )
+    parser.add_argument(
+        "--write", type=Path, help="Also write the summary, with its date, command and commit, to this results file."
+    )
     args = parser.parse_args(argv)
     instance = dg.DagsterInstance.get()
     result = run_pipeline(args.source, args.preset, instance, args.all_stages)
     for event in result.all_events:
         if event.is_step_failure:
             print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
-    print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}")
-    print(summary(args.source, result))
+    report = [f"run {result.run_id}: {'success' if result.success else 'FAILED'}", summary(args.source, result)]
     if skipped := left_out(args.preset, args.all_stages):
-        print(f"left out by preset {args.preset}: {', '.join(skipped)} (--all-stages runs them)")
-    print(step_seconds(instance, result.run_id))
+        report.append(f"left out by preset {args.preset}: {', '.join(skipped)} (--all-stages runs them)")
+    report.append(step_seconds(instance, result.run_id))
+    print("\n".join(report))
+    if args.write is not None:
+        command = ["python", "-m", "threadembed_assets.run", *(sys.argv[1:] if argv is None else argv)]
+        write_results(args.write, "```\n" + local_folders_shortened("\n".join(report)) + "\n```", command)
     return 0 if result.success else 1
+
+
+def local_folders_shortened(text: str) -> str:
+    """`text` with this machine's data and models folders written as `data` and `models`, as a user's are."""
+    for folder, name in ((settings.models_dir(), "models"), (settings.data_dir(), "data")):
+        text = text.replace(str(folder.resolve()), name).replace(str(folder), name)
+    return text
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from threadembed_assets.benchmark.retrievers import (
     encode_task,
     line_windows,
     model_key,
+    pooled_vectors,
     recency_scores,
     rrf_scores,
     time_prior,
@@ -141,8 +142,9 @@ def score_model(
     dev_tasks: list[Task] | None,
 ) -> tuple[list[Scored], float]:
     """Dense at every Matryoshka dimension; hybrid, time-aware (where times are known) and, on thread tasks, dense
-    over windows at full dimension. `bm25` and the time `priors` (of test and dev tasks) are by task id: they do
-    not depend on the model."""
+    over windows at full dimension (a window is the mean of its messages' vectors, `retrievers.pooled_vectors`, so
+    a message is encoded once for every window it falls in and for the chat ranker). `bm25` and the time `priors`
+    (of test and dev tasks) are by task id: they do not depend on the model."""
     model, key = load_model(path, device), model_key(path)
     provenance = read_provenance(path)
     dims = matryoshka_dims(model.get_embedding_dimension())
@@ -158,7 +160,7 @@ def score_model(
         ]
         if task_kind(task.name) in THREAD_KINDS:  # a response candidate is one window already, a summary of the whole
             windows, owners = line_windows(task.docs)
-            by_window = dense_scores(queries, cache.encode(model, key, windows, batch_size))
+            by_window = dense_scores(queries, pooled_vectors(model, key, windows, cache, batch_size))
             by_windows = windowed_scores(full, by_window, owners)
             results.append(scored(name, "dense_windows", dims[0], task, by_windows, setting=setting))
         fused = rrf_scores(full, bm25[id(task)], allowed=task.allowed())

@@ -78,7 +78,7 @@ def onnx_model(
         ]
     if not tasks:
         raise dg.Failure(description="onnx_model: no dev-split thread or next-message queries to measure it on")
-    with shared_embeddings() as cache:  # chat_ranker encoded these dev texts with this model already
+    with shared_embeddings() as cache:  # the stage's dev evaluation encoded most of these texts with this model
         comparison = compare_encoders(
             reference,
             OnnxEncoder(folder),
