@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from report import add_write_option, emit, paired_row
 
-from threadembed_assets.benchmark.assets import RankerConfig, ranker_model
-from threadembed_assets.benchmark.ranker import RANKED_KINDS, fit_ranker, query_mrr, task_features, text_signals
-from threadembed_assets.benchmark.retrievers import (
+from threadembed_assets.benchmark.assets import RankerConfig
+from threadembed_assets.chat.ranker import RANKED_KINDS, fit_ranker, query_mrr, task_features, text_signals
+from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
     best_window_scores,
     bm25_scores,
@@ -27,9 +27,11 @@ from threadembed_assets.benchmark.retrievers import (
     line_windows,
     model_key,
 )
-from threadembed_assets.benchmark.tasks import all_tasks, task_kind
+from threadembed_assets.chat.task import task_kind
+from threadembed_assets.evaluation.tasks import all_tasks
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.settings import exit_quietly, warehouse_path
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.assets import ranker_model
 from threadembed_assets.training.train import load_model
 from threadembed_assets.warehouse.connection import connect
 

@@ -25,8 +25,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from threadembed_assets.benchmark.metrics import paired_test, per_query, ranks_of_relevant, verdict
-from threadembed_assets.benchmark.retrievers import (
+from threadembed_assets.chat.features import FEATURES, candidate_pairs, pair_features
+from threadembed_assets.chat.metrics import paired_test, per_query, ranks_of_relevant, verdict
+from threadembed_assets.chat.retrievers import (
     CachedEncoder,
     best_window_scores,
     bm25_scores,
@@ -34,8 +35,7 @@ from threadembed_assets.benchmark.retrievers import (
     line_windows,
     pooled_vectors,
 )
-from threadembed_assets.benchmark.tasks import Task, task_kind
-from threadembed_assets.chat.features import FEATURES, candidate_pairs, pair_features
+from threadembed_assets.chat.task import Task, task_kind
 
 CHAT_RANKER = "chat_ranker"  # the asset, its models/ folder, and its name as a model and retriever in scores
 RANKED_KINDS = ("thread", "thread_live", "response_message", "response_window")

@@ -1,5 +1,5 @@
 """The online linker: for each message, in order, the candidate parent (itself for a new conversation) that a
-LightGBM lambdarank model ranks first among the message's candidates, from the features of `disentangle.features`.
+LightGBM lambdarank model ranks first among the message's candidates, from the features of `chat.link_features`.
 A bias on the "new conversation" candidate, tuned on dev for the conversation metrics, sets how readily it starts
 one."""
 
@@ -14,8 +14,8 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from threadembed_assets.disentangle.corpus import Log
-from threadembed_assets.disentangle.features import (
+from threadembed_assets.chat.corpus import Log
+from threadembed_assets.chat.link_features import (
     CONVERSATION_FEATURES,
     DEFAULT_WINDOW,
     FEATURES,
@@ -23,7 +23,7 @@ from threadembed_assets.disentangle.features import (
     conversation_features,
     log_features,
 )
-from threadembed_assets.disentangle.metrics import score_logs
+from threadembed_assets.chat.link_metrics import score_logs
 
 DISENTANGLER = "disentangler"  # the asset and its models/ folder
 LINKER_FILE = "linker.joblib"
@@ -63,7 +63,7 @@ class Linker:
     def chunks(self, log: Log, encode: Encode | None, first: lgb.LGBMRanker | None = None, chunk: int = 2000):
         """(first line, end, candidate mask, feature rows) of each chunk of lines, with the window before each as
         context, so features never take more memory than a chunk's. With a `first` ranker, each line's conversation
-        features (see `features.conversation_features`) follow from its links, which read no later line."""
+        features (see `link_features.conversation_features`) follow from its links, which read no later line."""
         window, n = self.params.window, len(log)
         roots = np.arange(n)
         for start in range(0, n, chunk):

@@ -15,8 +15,8 @@ import pyarrow as pa
 from scipy import sparse
 
 from threadembed_assets import settings
-from threadembed_assets.benchmark.tasks import Task
 from threadembed_assets.chat.features import nearest_gaps as chat_nearest_gaps
+from threadembed_assets.chat.task import Task
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG when imported: a line per index
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from threadembed_assets.chat.corpus import Log
 from threadembed_assets.chat.features import mentioned_names, normalize_name
-from threadembed_assets.disentangle.corpus import Log
 
 DEFAULT_WINDOW = 100
 FEATURES = (

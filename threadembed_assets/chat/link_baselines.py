@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from threadembed_assets.disentangle.corpus import Log
+from threadembed_assets.chat.corpus import Log
 
 
 def previous_parents(log: Log) -> np.ndarray:
