@@ -27,14 +27,14 @@ import duckdb
 import numpy as np
 
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.metrics import paired_test, per_query, ranks_of_relevant, verdict
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, bm25_scores, dense_scores, encode_task, model_key
-from threadembed_assets.benchmark.tasks import TaskConfig
+from threadembed_assets.chat.metrics import paired_test, per_query, ranks_of_relevant, verdict
+from threadembed_assets.chat.retrievers import EmbeddingCache, bm25_scores, dense_scores, encode_task, model_key
+from threadembed_assets.evaluation.tasks import TaskConfig
 from threadembed_assets.pairs.build import PairConfig, build_pairs
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.assets import STAGES
 from threadembed_assets.training.data import load_training_sets
 from threadembed_assets.training.presets import PRESETS
-from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.training.train import fingerprint, load_model, train_stage
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

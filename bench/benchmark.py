@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.retrievers import EmbeddingCache
 from threadembed_assets.benchmark.score import score_all
-from threadembed_assets.benchmark.tasks import TaskConfig
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.chat.retrievers import EmbeddingCache
+from threadembed_assets.evaluation.tasks import TaskConfig
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.train import load_model
 
 

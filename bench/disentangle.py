@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from threadembed_assets.benchmark.assets import ranker_model
-from threadembed_assets.benchmark.metrics import paired_test, verdict
-from threadembed_assets.benchmark.retrievers import shared_embeddings
+from threadembed_assets.chat.corpus import read_split
+from threadembed_assets.chat.link_metrics import line_hits
+from threadembed_assets.chat.linker import LinkerParams, fit, tune_new_bias
+from threadembed_assets.chat.metrics import paired_test, verdict
+from threadembed_assets.chat.retrievers import shared_embeddings
 from threadembed_assets.disentangle.assets import METRICS, compare, sentence_encoder
-from threadembed_assets.disentangle.corpus import read_split
-from threadembed_assets.disentangle.linker import LinkerParams, fit, tune_new_bias
-from threadembed_assets.disentangle.metrics import line_hits
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.settings import exit_quietly
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.assets import ranker_model
 
 PUBLISHED_TEST = {  # Kummerfeld et al. (ACL 2019), test split: theirs, for reference, not measured here
     "feedforward (paper, test)": (None, None, 72.3, 91.3, 75.6, None, None, 36.2),

@@ -21,12 +21,12 @@ from pathlib import Path
 from threadembed_assets import settings
 from threadembed_assets.benchmark.__main__ import tasks_from_file
 from threadembed_assets.benchmark.assets import published_models
-from threadembed_assets.benchmark.ranker import CHAT_RANKER
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path
 from threadembed_assets.benchmark.score import BASE_MODEL, TrainingLeak, refuse_leaks, score_all, verdict_rows
-from threadembed_assets.benchmark.tasks import TaskConfig
+from threadembed_assets.chat.ranker import CHAT_RANKER
+from threadembed_assets.chat.retrievers import EmbeddingCache, default_cache_path
+from threadembed_assets.evaluation.tasks import TaskConfig
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.assets import STAGES
-from threadembed_assets.training.resources import ModelStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

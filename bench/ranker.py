@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.ranker import RANKED_KINDS, ChatRanker, fit_ranker, task_features, text_signals
-from threadembed_assets.benchmark.retrievers import (
+from threadembed_assets.chat.ranker import RANKED_KINDS, ChatRanker, fit_ranker, task_features, text_signals
+from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
     bm25_scores,
     dense_scores,
@@ -22,8 +22,9 @@ from threadembed_assets.benchmark.retrievers import (
     model_key,
     recency_scores,
 )
-from threadembed_assets.benchmark.tasks import TaskConfig, task_kind
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.chat.task import task_kind
+from threadembed_assets.evaluation.tasks import TaskConfig
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.train import load_model
 
 

@@ -15,14 +15,16 @@ import argparse
 
 import numpy as np
 
-from threadembed_assets.benchmark.assets import RankerConfig, ranker_model
-from threadembed_assets.benchmark.metrics import paired_test, verdict
-from threadembed_assets.benchmark.ranker import RANKED_KINDS, fit_ranker, model_features
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path, model_key, recency_scores
-from threadembed_assets.benchmark.tasks import all_tasks, split_by_conversation, task_kind
+from threadembed_assets.benchmark.assets import RankerConfig
 from threadembed_assets.chat.features import FEATURES
+from threadembed_assets.chat.metrics import paired_test, verdict
+from threadembed_assets.chat.ranker import RANKED_KINDS, fit_ranker, model_features
+from threadembed_assets.chat.retrievers import EmbeddingCache, default_cache_path, model_key, recency_scores
+from threadembed_assets.chat.task import task_kind
+from threadembed_assets.evaluation.tasks import all_tasks, split_by_conversation
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.settings import exit_quietly, warehouse_path
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.assets import ranker_model
 from threadembed_assets.training.train import load_model
 from threadembed_assets.warehouse.connection import connect
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from report import add_write_option, emit, paired_row
 
-from threadembed_assets.benchmark.assets import RankerConfig, ranker_model
-from threadembed_assets.benchmark.ranker import RANKED_KINDS, fit_ranker, query_mrr, task_features, text_signals
-from threadembed_assets.benchmark.retrievers import (
+from threadembed_assets.benchmark.assets import RankerConfig
+from threadembed_assets.benchmark.score import scored
+from threadembed_assets.chat.ranker import RANKED_KINDS, fit_ranker, query_mrr, task_features, text_signals
+from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
     best_window_scores,
     bm25_scores,
@@ -31,10 +32,11 @@ from threadembed_assets.benchmark.retrievers import (
     pooled_vectors,
     windowed_scores,
 )
-from threadembed_assets.benchmark.score import scored
-from threadembed_assets.benchmark.tasks import THREAD_KINDS, all_tasks, task_kind
+from threadembed_assets.chat.task import THREAD_KINDS, task_kind
+from threadembed_assets.evaluation.tasks import all_tasks
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.settings import exit_quietly, warehouse_path
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.assets import ranker_model
 from threadembed_assets.training.train import load_model
 from threadembed_assets.warehouse.connection import connect
 

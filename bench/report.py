@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from threadembed_assets.benchmark.metrics import paired_test, verdict
+from threadembed_assets.chat.metrics import paired_test, verdict
 from threadembed_assets.reports import write_results
 
 

@@ -27,12 +27,12 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
 from threadembed_assets.pairs.build import PairConfig, build_pairs
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.sources.raw_cache import write_raw_cache
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.sources.schema import batched
 from threadembed_assets.training.data import GROUP_COLUMNS, load_training_sets
 from threadembed_assets.training.presets import Recipe
-from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.training.train import StageProgress, build_loss, train_stage
 from threadembed_assets.warehouse.conversations import build_conversations
 from threadembed_assets.warehouse.load import LoadOptions, load_messages

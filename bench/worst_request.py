@@ -21,12 +21,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.ranker import fit_ranker, model_features
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, model_key
-from threadembed_assets.benchmark.tasks import TaskConfig
+from threadembed_assets.chat.ranker import fit_ranker, model_features
+from threadembed_assets.chat.retrievers import EmbeddingCache, model_key
+from threadembed_assets.evaluation.tasks import TaskConfig
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.search.http import create_app
 from threadembed_assets.search.index import ChatIndex
-from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.training.train import load_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "threadembed_assets" / "sources" / "data" / "ubuntu_irc.jsonl.gz"

@@ -10,6 +10,7 @@ from threadembed_assets.benchmark.assets import BENCHMARK_ASSETS
 from threadembed_assets.disentangle.assets import disentangler
 from threadembed_assets.pairs.assets import PAIR_ASSETS
 from threadembed_assets.pairs.checks import build_pair_quality_check
+from threadembed_assets.resources import ComputeResource, ModelStore
 from threadembed_assets.search.assets import SEARCH_ASSETS
 from threadembed_assets.sources.assets import raw_messages
 from threadembed_assets.sources.automation import (
@@ -21,7 +22,6 @@ from threadembed_assets.sources.automation import (
 from threadembed_assets.summaries.assets import conversation_summaries
 from threadembed_assets.summaries.client import LLMResource
 from threadembed_assets.training.assets import TRAINING_ASSETS, hard_negative_pairs
-from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.warehouse.assets import conversations, messages
 
 

@@ -8,11 +8,13 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 @cache
-def code_version(stage: str) -> str:
-    """A short digest of the Python source of a stage folder (`sources`, `warehouse`, `pairs`, ...): it changes
-    when that stage's code does, and only then."""
+def code_version(stage: str, *also: str) -> str:
+    """A short digest of the Python source of a stage folder (`sources`, `warehouse`, `pairs`, ...) and of the
+    library folders in `also` whose code the stage's assets run (`chat`, `evaluation`): it changes when that code
+    does, and only then."""
     digest = hashlib.sha256()
-    for path in sorted((PACKAGE / stage).rglob("*.py")):
-        digest.update(path.relative_to(PACKAGE).as_posix().encode())
-        digest.update(path.read_bytes())
+    for folder in (stage, *also):
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            digest.update(path.relative_to(PACKAGE).as_posix().encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

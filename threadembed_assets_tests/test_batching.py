@@ -63,7 +63,7 @@ def test_length_grouping_cuts_padding():
 def test_the_collator_keeps_conversation_columns_from_the_loss():
     from sentence_transformers import SentenceTransformer
 
-    from threadembed_assets.training.resources import ModelStore
+    from threadembed_assets.resources import ModelStore
 
     model = SentenceTransformer(ModelStore().base_model_path(), device="cpu")
     collator = ConversationCollator(preprocess_fn=model.preprocess)

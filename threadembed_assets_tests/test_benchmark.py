@@ -11,25 +11,6 @@ import pytest
 
 from threadembed_assets.benchmark.__main__ import main as benchmark_cli
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.metrics import (
-    bootstrap_interval,
-    holm,
-    paired_test,
-    per_query,
-    ranks_of_relevant,
-    summarize,
-    verdict,
-)
-from threadembed_assets.benchmark.retrievers import (
-    EmbeddingCache,
-    bm25_scores,
-    line_windows,
-    nearest_gaps,
-    recency_scores,
-    rrf_scores,
-    time_prior,
-    windowed_scores,
-)
 from threadembed_assets.benchmark.score import (
     headline_scores,
     query_clusters,
@@ -39,8 +20,28 @@ from threadembed_assets.benchmark.score import (
     score_rows,
     scored,
 )
-from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks, split_by_conversation
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.chat.metrics import (
+    bootstrap_interval,
+    holm,
+    paired_test,
+    per_query,
+    ranks_of_relevant,
+    summarize,
+    verdict,
+)
+from threadembed_assets.chat.retrievers import (
+    EmbeddingCache,
+    bm25_scores,
+    line_windows,
+    nearest_gaps,
+    recency_scores,
+    rrf_scores,
+    time_prior,
+    windowed_scores,
+)
+from threadembed_assets.chat.task import Task
+from threadembed_assets.evaluation.tasks import TaskConfig, all_tasks, split_by_conversation
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.warehouse.provenance import train_conversations, write_provenance
 from threadembed_assets_tests.conftest import materialize_source
 

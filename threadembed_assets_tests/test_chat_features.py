@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.tasks import Task, TaskConfig
 from threadembed_assets.chat.features import FEATURES, candidate_pairs, mentioned_names, pair_features
+from threadembed_assets.chat.task import Task
+from threadembed_assets.evaluation.tasks import TaskConfig
 
 
 def test_mentions_in_slack_discord_and_irc_syntax_resolve_to_known_authors():

@@ -9,19 +9,13 @@ import duckdb
 import numpy as np
 import pytest
 
+from threadembed_assets.chat.corpus import FormatError, log_from_messages, parse_annotation, parse_lines, read_split
+from threadembed_assets.chat.link_baselines import previous_parents, silence_parents
+from threadembed_assets.chat.link_metrics import score, score_logs
+from threadembed_assets.chat.linker import LinkerParams, conversation_roots, fit, load_published
 from threadembed_assets.disentangle.__main__ import main as disentangle_cli
 from threadembed_assets.disentangle.assets import linked_logs
-from threadembed_assets.disentangle.baselines import previous_parents, silence_parents
-from threadembed_assets.disentangle.corpus import (
-    FormatError,
-    log_from_messages,
-    parse_annotation,
-    parse_lines,
-    read_split,
-)
-from threadembed_assets.disentangle.linker import LinkerParams, conversation_roots, fit, load_published
-from threadembed_assets.disentangle.metrics import score, score_logs
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.resources import ModelStore
 from threadembed_assets_tests.conftest import materialize_source, need_shared, query
 
 IRC = [

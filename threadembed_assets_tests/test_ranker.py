@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from threadembed_assets.benchmark.__main__ import tasks_from_file
-from threadembed_assets.benchmark.metrics import verdict
-from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, fit_ranker, model_features
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, model_key, recency_scores
 from threadembed_assets.benchmark.score import score_all, verdict_rows
-from threadembed_assets.benchmark.tasks import TaskConfig
 from threadembed_assets.chat.features import FEATURES
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.chat.metrics import verdict
+from threadembed_assets.chat.ranker import CHAT_RANKER, ChatRanker, fit_ranker, model_features
+from threadembed_assets.chat.retrievers import EmbeddingCache, model_key, recency_scores
+from threadembed_assets.evaluation.tasks import TaskConfig
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.train import load_model
 
 TOPICS = ["grub", "wifi", "docker", "nvidia"]

@@ -12,7 +12,8 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
     assert run.main(["--source", "sample", "--preset", "smoke", "--write", str(results)]) == 0
     out = capsys.readouterr().out
     written = results.read_text()  # the summary as a results file: its provenance, then the summary as printed
-    assert re.match(r"\*\d{4}-\d\d-\d\d, `python -m threadembed_assets.run --source sample --preset smoke --write ", written)
+    command = "`python -m threadembed_assets.run --source sample --preset smoke --write "
+    assert re.match(r"\*\d{4}-\d\d-\d\d, " + re.escape(command), written)
     assert written.split("\n```\n")[1] == run.local_folders_shortened(out.strip())
     assert str(workdir) not in written and "(models/thread_model/" in written
     assert "source sample: 50" in out and "quarantine: none" in out

@@ -19,26 +19,21 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, model_key
-from threadembed_assets.benchmark.tasks import Task
-from threadembed_assets.disentangle.corpus import log_from_messages
-from threadembed_assets.disentangle.linker import DISENTANGLER, LinkerParams, fit, save_linker
+from threadembed_assets.chat.corpus import log_from_messages
+from threadembed_assets.chat.linker import DISENTANGLER, LinkerParams, fit, save_linker
+from threadembed_assets.chat.retrievers import EmbeddingCache, model_key
+from threadembed_assets.chat.task import Task
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.search import ChatIndex, Hit
 from threadembed_assets.search import http as search_http
 from threadembed_assets.search import index as search_index
 from threadembed_assets.search.__main__ import main as cli_main
 from threadembed_assets.search.http import MAX_BODY_BYTES, MAX_TEXT_CHARS, Bounded, IndexHolder, create_app
-from threadembed_assets.search.index import (
-    ONNX_MODEL,
-    VectorCache,
-    archive_from_messages,
-    best_threshold,
-    epoch_seconds,
-)
+from threadembed_assets.search.index import ONNX_MODEL, VectorCache, archive_from_messages, best_threshold
 from threadembed_assets.search.onnx import FLOAT_FILE, INT8_FILE, OnnxEncoder, compare_encoders, export_onnx
 from threadembed_assets.search.store import current_build
 from threadembed_assets.search.vectors import VectorIndex
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.sources.chat_jsonl import epoch_seconds
 from threadembed_assets.training.train import load_model
 from threadembed_assets_tests.conftest import free_port
 

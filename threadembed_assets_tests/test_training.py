@@ -18,9 +18,10 @@ from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer
 
 from threadembed_assets import run
-from threadembed_assets.benchmark.retrievers import model_key, shared_embeddings
-from threadembed_assets.benchmark.tasks import TaskConfig, thread_task
+from threadembed_assets.chat.retrievers import model_key, shared_embeddings
+from threadembed_assets.evaluation.tasks import TaskConfig, thread_task
 from threadembed_assets.pairs.build import PairConfig, build_pairs
+from threadembed_assets.resources import ComputeResource, ModelStore
 from threadembed_assets.sources.raw_cache import write_raw_cache
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.sources.schema import batched
@@ -34,7 +35,6 @@ from threadembed_assets.training.data import (
 )
 from threadembed_assets.training.mining import MiningConfig, load_mining_rows
 from threadembed_assets.training.presets import Recipe
-from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import StageProgress, load_model, matryoshka_dims
 from threadembed_assets.warehouse.conversations import build_conversations
 from threadembed_assets.warehouse.load import LoadOptions, load_messages

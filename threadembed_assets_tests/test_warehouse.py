@@ -280,7 +280,7 @@ import contextlib, json, os, shutil, signal, sys
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.warehouse import assets as warehouse_assets
 
 warehouse, tries, state_sql = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import duckdb
 
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path
 from threadembed_assets.benchmark.score import BASELINES, results_markdown, score_all, score_rows, verdict_rows
-from threadembed_assets.benchmark.tasks import TASK_KINDS, Task, TaskConfig, all_tasks, task_kind
+from threadembed_assets.chat.retrievers import EmbeddingCache, default_cache_path
+from threadembed_assets.chat.task import TASK_KINDS, Task, task_kind
+from threadembed_assets.evaluation.tasks import TaskConfig, all_tasks
 from threadembed_assets.sources.chat_jsonl import chat_jsonl_part
 from threadembed_assets.sources.config import RawSourceConfig
 from threadembed_assets.sources.raw_cache import write_raw_cache

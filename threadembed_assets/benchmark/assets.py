@@ -12,15 +12,6 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from threadembed_assets import settings
-from threadembed_assets.benchmark.ranker import (
-    CHAT_RANKER,
-    LEARNERS,
-    RANKED_KINDS,
-    ChatRanker,
-    fit_ranker,
-    model_features,
-)
-from threadembed_assets.benchmark.retrievers import EmbeddingCache, default_cache_path, model_key
 from threadembed_assets.benchmark.score import (
     BASE_MODEL,
     VERSUS,
@@ -34,11 +25,14 @@ from threadembed_assets.benchmark.score import (
     score_rows,
     verdict_rows,
 )
-from threadembed_assets.benchmark.tasks import Task, TaskConfig, all_tasks, split_by_conversation, task_kind
 from threadembed_assets.chat.features import FEATURES
+from threadembed_assets.chat.ranker import CHAT_RANKER, LEARNERS, RANKED_KINDS, ChatRanker, fit_ranker, model_features
+from threadembed_assets.chat.retrievers import EmbeddingCache, default_cache_path, model_key
+from threadembed_assets.chat.task import Task, task_kind
+from threadembed_assets.evaluation.tasks import TaskConfig, all_tasks, split_by_conversation
+from threadembed_assets.resources import ComputeResource, ModelStore
 from threadembed_assets.summaries.assets import conversation_summaries
-from threadembed_assets.training.assets import STAGES, hard_negative_model, retrieval_model, thread_model
-from threadembed_assets.training.resources import ComputeResource, ModelStore
+from threadembed_assets.training.assets import STAGES, hard_negative_model, ranker_model, retrieval_model, thread_model
 from threadembed_assets.training.train import load_model
 from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import conversations, messages
@@ -46,6 +40,8 @@ from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.provenance import read_provenance, train_conversations, write_provenance
 from threadembed_assets.warehouse.schema import transaction
 
+# The ranker, retrievers, metrics and tasks these assets run live in chat/ and evaluation/: their code counts too.
+CODE_VERSION = code_version("benchmark", "chat", "evaluation")
 SCORES_COLUMNS = {
     "model": "VARCHAR",
     "retriever": "VARCHAR",
@@ -151,13 +147,6 @@ class RankerConfig(TaskConfig):
     )
 
 
-def ranker_model(models: ModelStore) -> str:
-    """The model whose similarity the ranker reads: the best model so far on dev of the last trained stage (what
-    it hands on), else the base model."""
-    handed = (models.hand_on(stage) for stage in reversed(list(STAGES)))
-    return str(next((model for model in handed if model is not None), models.base_model_path()))
-
-
 def _ranker_metadata(ranker: ChatRanker, folder: Path, record: dict) -> dict:
     weights = [
         dg.TableRecord(
@@ -213,7 +202,7 @@ def svg_bars(rows: list[tuple[str, float]], scale: float = 1.0, number: str = ".
 
 
 @dg.asset(
-    code_version=code_version("benchmark"),
+    code_version=CODE_VERSION,
     group_name="training",
     deps=[messages, conversations, thread_model, retrieval_model, hard_negative_model],
     kinds={"scikitlearn"},
@@ -283,7 +272,7 @@ def chat_ranker(
 
 
 @dg.asset(
-    code_version=code_version("benchmark"),
+    code_version=CODE_VERSION,
     group_name="benchmark",
     deps=[
         messages,
@@ -351,7 +340,7 @@ def svg_bar_chart(results: list[Scored], task: str) -> str:
 
 
 @dg.asset(
-    code_version=code_version("benchmark"),
+    code_version=CODE_VERSION,
     group_name="benchmark",
     deps=[benchmark_tasks, thread_model, retrieval_model, hard_negative_model, chat_ranker],
     kinds={"duckdb", "pytorch"},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from threadembed_assets.benchmark.metrics import (
+from threadembed_assets.chat.metrics import (
     bootstrap_interval,
     holm,
     paired_test,
@@ -15,8 +15,8 @@ from threadembed_assets.benchmark.metrics import (
     summarize,
     verdict,
 )
-from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, model_features
-from threadembed_assets.benchmark.retrievers import (
+from threadembed_assets.chat.ranker import CHAT_RANKER, ChatRanker, model_features
+from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
     bm25_scores,
     dense_scores,
@@ -29,7 +29,7 @@ from threadembed_assets.benchmark.retrievers import (
     time_prior,
     windowed_scores,
 )
-from threadembed_assets.benchmark.tasks import THREAD_KINDS, Task, task_kind, task_platform
+from threadembed_assets.chat.task import THREAD_KINDS, Task, task_kind, task_platform
 from threadembed_assets.training.train import load_model, matryoshka_dims
 from threadembed_assets.warehouse.provenance import read_provenance
 

@@ -87,7 +87,7 @@ def mentioned_names(text: str, known: set[str], author: str | None = None) -> li
 
 
 class ChatContext(Protocol):
-    """What the features read of a task (see `benchmark.tasks.Task`): per query its moment (channel, time, channel
+    """What the features read of a task (see `chat.task.Task`): per query its moment (channel, time, channel
     order), authors, mentions, message ids and reply links; per candidate the same of its messages."""
 
     docs: list[str]

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 from threadembed_assets import settings
-from threadembed_assets.disentangle.corpus import FormatError, Log, format_links, log_from_messages, read_raw
-from threadembed_assets.disentangle.linker import DISENTANGLER, conversation_roots, load_published
-from threadembed_assets.search.index import epoch_seconds
-from threadembed_assets.sources.chat_jsonl import read_messages
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.chat.corpus import FormatError, Log, format_links, log_from_messages, read_raw
+from threadembed_assets.chat.linker import DISENTANGLER, conversation_roots, load_published
+from threadembed_assets.resources import ModelStore
+from threadembed_assets.sources.chat_jsonl import epoch_seconds, read_messages
 
 
 def channels_of(path: Path) -> list[tuple[str, list[dict]]]:

@@ -10,13 +10,11 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from threadembed_assets.benchmark.assets import ranker_model
-from threadembed_assets.benchmark.metrics import paired_test, verdict
-from threadembed_assets.benchmark.retrievers import model_key, shared_embeddings
-from threadembed_assets.disentangle.baselines import previous_parents, silence_parents
-from threadembed_assets.disentangle.corpus import Log, log_from_messages, read_split
-from threadembed_assets.disentangle.features import DEFAULT_WINDOW
-from threadembed_assets.disentangle.linker import (
+from threadembed_assets.chat.corpus import Log, log_from_messages, read_split
+from threadembed_assets.chat.link_baselines import previous_parents, silence_parents
+from threadembed_assets.chat.link_features import DEFAULT_WINDOW
+from threadembed_assets.chat.link_metrics import line_hits, score_logs
+from threadembed_assets.chat.linker import (
     DISENTANGLER,
     Encode,
     Linker,
@@ -27,9 +25,10 @@ from threadembed_assets.disentangle.linker import (
     tune_new_bias,
     unit_rows,
 )
-from threadembed_assets.disentangle.metrics import line_hits, score_logs
-from threadembed_assets.training.assets import thread_model
-from threadembed_assets.training.resources import ComputeResource, ModelStore
+from threadembed_assets.chat.metrics import paired_test, verdict
+from threadembed_assets.chat.retrievers import model_key, shared_embeddings
+from threadembed_assets.resources import ComputeResource, ModelStore
+from threadembed_assets.training.assets import ranker_model, thread_model
 from threadembed_assets.training.train import load_model
 from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import messages
@@ -148,7 +147,7 @@ def _table(scores: dict[str, dict]) -> dg.TableMetadataValue:
 
 
 @dg.asset(
-    code_version=code_version("disentangle"),
+    code_version=code_version("disentangle", "chat"),  # the linker and its features live in chat/
     group_name="training",
     deps=[messages, thread_model],
     kinds={"lightgbm"},

@@ -1,25 +1,8 @@
-"""The obvious linkers a learned one must beat, online like it: "Previous" (the paper's baseline) and silence cuts."""
+"""Moved to `threadembed_assets.chat.link_baselines`; this path keeps working: it is the same module object
+(private names and monkeypatching included), and objects pickled under this path still load."""
 
-import numpy as np
+import sys
 
-from threadembed_assets.disentangle.corpus import Log
+from threadembed_assets.chat import link_baselines
 
-
-def previous_parents(log: Log) -> np.ndarray:
-    """Each message's parent is the latest non-system line before it; a system line (and the first message) starts a
-    conversation."""
-    parents = np.arange(len(log))
-    said = np.flatnonzero(~log.system)
-    parents[said[1:]] = said[:-1]
-    return parents
-
-
-def silence_parents(log: Log, minutes: float) -> np.ndarray:
-    """Like "Previous", but a message after a silence of more than `minutes` in the channel starts a conversation
-    (the silence rule that cuts unlabelled chat into conversations)."""
-    parents = previous_parents(log)
-    said = np.flatnonzero(~log.system)
-    gaps = log.minutes[said[1:]] - log.minutes[said[:-1]]
-    cut = said[1:][gaps > minutes]
-    parents[cut] = cut
-    return parents
+sys.modules[__name__] = link_baselines

@@ -9,9 +9,11 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from threadembed_assets.benchmark.assets import chat_ranker, ranker_model
-from threadembed_assets.benchmark.retrievers import model_key, shared_embeddings
-from threadembed_assets.benchmark.tasks import TaskConfig, all_tasks, task_kind
+from threadembed_assets.benchmark.assets import chat_ranker
+from threadembed_assets.chat.retrievers import model_key, shared_embeddings
+from threadembed_assets.chat.task import task_kind
+from threadembed_assets.evaluation.tasks import TaskConfig, all_tasks
+from threadembed_assets.resources import ComputeResource, ModelStore
 from threadembed_assets.search.index import ONNX_MODEL, ChatIndex
 from threadembed_assets.search.onnx import (
     CONFIG_FILE,
@@ -23,7 +25,7 @@ from threadembed_assets.search.onnx import (
 )
 from threadembed_assets.search.store import save_index
 from threadembed_assets.sources.registry import source_partitions
-from threadembed_assets.training.resources import ComputeResource, ModelStore
+from threadembed_assets.training.assets import ranker_model
 from threadembed_assets.training.train import load_model
 from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.assets import conversations

@@ -32,8 +32,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from threadembed_assets.search.index import ChatIndex, Hit, NotPublished, RequestError
+from threadembed_assets.search.index import ChatIndex, Hit, NotPublished
 from threadembed_assets.search.store import current_build
+from threadembed_assets.sources.chat_jsonl import RequestError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`ChatIndex`: search a chat archive, find the conversation a message belongs to, rank what comes next.
 
-The archive is read the way the benchmark reads the warehouse (`benchmark.tasks.ChatLines`): conversations as the
+The archive is read the way the benchmark reads the warehouse (`evaluation.tasks.ChatLines`): conversations as the
 warehouse cut them (gold ids, reply chains, silences), rendered as the models see them. `search` fuses the model's
 similarity and BM25 by reciprocal rank; `thread_of` and `next_message` build the benchmark's one-query tasks and
 rank them with the published `chat_ranker` where it reads the index's model, else with the same fusion.
@@ -20,9 +20,11 @@ import duckdb
 import numpy as np
 
 from threadembed_assets import settings
-from threadembed_assets.benchmark.assets import ranker_model
-from threadembed_assets.benchmark.ranker import CHAT_RANKER, ChatRanker, model_features
-from threadembed_assets.benchmark.retrievers import (
+from threadembed_assets.chat.corpus import log_from_messages
+from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
+from threadembed_assets.chat.linker import DISENTANGLER, load_published
+from threadembed_assets.chat.ranker import CHAT_RANKER, ChatRanker, model_features
+from threadembed_assets.chat.retrievers import (
     CachedEncoder,
     bm25_scores,
     dense_scores,
@@ -30,17 +32,16 @@ from threadembed_assets.benchmark.retrievers import (
     rrf_scores,
     text_digest,
 )
-from threadembed_assets.benchmark.tasks import ChatLines, Corpus, Line, Queries, Task, near, task_kind
-from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
-from threadembed_assets.disentangle.corpus import log_from_messages
-from threadembed_assets.disentangle.linker import DISENTANGLER, load_published
+from threadembed_assets.chat.task import Task, task_kind
+from threadembed_assets.evaluation.tasks import ChatLines, Corpus, Line, Queries, near
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.search.onnx import OnnxEncoder, exported_from
 from threadembed_assets.search.store import load_stored
 from threadembed_assets.search.vectors import VectorIndex
-from threadembed_assets.sources.chat_jsonl import platform_of
+from threadembed_assets.sources.chat_jsonl import RequestError, epoch_seconds, platform_of
 from threadembed_assets.sources.raw_cache import write_raw_cache
 from threadembed_assets.sources.schema import batched
-from threadembed_assets.training.resources import ModelStore
+from threadembed_assets.training.assets import ranker_model
 from threadembed_assets.training.train import load_model
 from threadembed_assets.warehouse.connection import connect
 from threadembed_assets.warehouse.conversations import build_conversations
@@ -58,10 +59,6 @@ FUSION_DEPTH = 50  # search: how deep each of dense and BM25 is read before fusi
 SNIPPET_CHARS = 200
 ONNX_MODEL = "onnx_model"  # the asset whose `latest` is the int8 export search encodes with on CPU
 MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remembers, least recently used dropped first
-
-
-class RequestError(ValueError):
-    """What was asked cannot be answered as asked (bad input, not a fault of the index): a client's error."""
 
 
 class NotPublished(LookupError):
@@ -162,27 +159,6 @@ def _encoder_of(path: str, device: str, onnx: Path | None, name: str) -> SearchM
         except Exception as exc:  # a broken export must not stop search: PyTorch encodes instead
             log.warning("ONNX export %s failed to load (%s); encoding with PyTorch", onnx, _reason(exc))
     return SearchModel(load_model(path, device), path, name, model_key(path))
-
-
-def epoch_seconds(value) -> float | None:
-    """A chat JSONL timestamp (ISO-8601, with an offset or UTC; or epoch seconds) as epoch seconds."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        text = str(value).strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise RequestError(f"timestamp {value!r} is neither ISO-8601 nor epoch seconds") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _iso(seconds: float | None) -> str | None:

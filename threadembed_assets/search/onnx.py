@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from threadembed_assets.benchmark.metrics import paired_test, verdict
-from threadembed_assets.benchmark.retrievers import CachedEncoder, dense_scores
 from threadembed_assets.benchmark.score import scored
-from threadembed_assets.benchmark.tasks import Task
+from threadembed_assets.chat.metrics import paired_test, verdict
+from threadembed_assets.chat.retrievers import CachedEncoder, dense_scores
+from threadembed_assets.chat.task import Task
 
 CONFIG_FILE = "threadembed_onnx.json"
 FLOAT_FILE = "model.onnx"

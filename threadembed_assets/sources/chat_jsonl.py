@@ -4,6 +4,7 @@ import gzip
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -69,6 +70,32 @@ def platform_of(source: object, claimed: object = None) -> str:
         if source is not None and pattern.search(str(source)):
             return name
     return "chat"
+
+
+class RequestError(ValueError):
+    """What was asked cannot be answered as asked (bad input, not a fault of the code): a client's error. Search
+    raises it for every bad request, `epoch_seconds` for a timestamp it cannot read."""
+
+
+def epoch_seconds(value) -> float | None:
+    """A chat JSONL timestamp (ISO-8601, with an offset or UTC; or epoch seconds) as epoch seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise RequestError(f"timestamp {value!r} is neither ISO-8601 nor epoch seconds") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def chat_jsonl_part(

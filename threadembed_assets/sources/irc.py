@@ -10,7 +10,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from threadembed_assets.disentangle.corpus import parse_annotation
+from threadembed_assets.chat.corpus import parse_annotation
 from threadembed_assets.sources.schema import error_row, file_head
 
 IRC_LINE = re.compile(r"^\[(\d{1,2}):(\d{2})(?::(\d{2}))?\]\s+(?:<[@+%~&]?([^>\s]+)>|\*\s+(\S+))\s?(.*)$")

@@ -8,8 +8,9 @@ import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from threadembed_assets.benchmark.metrics import paired_test, verdict
+from threadembed_assets.chat.metrics import paired_test, verdict
 from threadembed_assets.pairs.assets import query_response_pairs, summary_pairs, temporal_pairs, thread_pairs
+from threadembed_assets.resources import ComputeResource, ModelStore
 from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.training.data import dev_retrieval_sets, load_training_sets, pair_sources, pairs_digest
 from threadembed_assets.training.mining import (
@@ -20,7 +21,6 @@ from threadembed_assets.training.mining import (
     write_hard_negative_pairs,
 )
 from threadembed_assets.training.presets import TrainConfig, recipe_for
-from threadembed_assets.training.resources import ComputeResource, ModelStore
 from threadembed_assets.training.train import StageResult, fingerprint, load_model, train_stage
 from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.connection import connect
@@ -52,6 +52,13 @@ def handed_on(asset: str, models: ModelStore) -> str:
     if model is None:
         raise dg.Failure(description=f"{asset} has no model to hand on: materialize it first.")
     return str(model)
+
+
+def ranker_model(models: ModelStore) -> str:
+    """The model whose similarity the ranker reads: the best model so far on dev of the last trained stage (what
+    it hands on), else the base model."""
+    handed = (models.hand_on(stage) for stage in reversed(list(STAGES)))
+    return str(next((model for model in handed if model is not None), models.base_model_path()))
 
 
 def _start_path(stage: Stage, models: ModelStore) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
-from threadembed_assets.benchmark.tasks import TaskConfig, thread_task
+from threadembed_assets.evaluation.tasks import TaskConfig, thread_task
 from threadembed_assets.warehouse.schema import table_names
 
 # The conversations of a pair `p`: its own (`c`) and the one its negative comes from (`nc`,
@@ -139,7 +139,7 @@ def thread_retrieval_set(
 ) -> tuple[dict, dict, dict]:
     """Queries, corpus and relevant docs for thread retrieval on `split`: a message finds its conversation.
 
-    The benchmark's thread task of each source (`benchmark.tasks.thread_task`): a conversation of 3+ messages of
+    The benchmark's thread task of each source (`evaluation.tasks.thread_task`): a conversation of 3+ messages of
     `split` asks with its middle message, left out of its document; the corpus is every query's candidates, the
     conversations of its channel active near it (the interleaved ones first of all), of whatever split, ranked here
     all together. Conversations on a platform of `exclude_platforms` are neither queries nor documents. At most

@@ -22,7 +22,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from threadembed_assets.benchmark.retrievers import CachedEncoder, model_key, shared_embeddings
+from threadembed_assets.chat.retrievers import CachedEncoder, model_key, shared_embeddings
 from threadembed_assets.training.batching import ChatTrainer, batch_sampler
 from threadembed_assets.training.data import training_set_summary
 from threadembed_assets.training.presets import Recipe

@@ -5,11 +5,11 @@ from functools import partial
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from threadembed_assets.disentangle.linker import DISENTANGLER, load_published
+from threadembed_assets.chat.linker import DISENTANGLER, load_published
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.sources.assets import raw_messages
 from threadembed_assets.sources.raw_cache import PART_GLOB, raw_cache_dir
 from threadembed_assets.sources.registry import source_partitions
-from threadembed_assets.training.resources import ModelStore
 from threadembed_assets.versions import code_version
 from threadembed_assets.warehouse.connection import WAREHOUSE_POOL, connect
 from threadembed_assets.warehouse.conversations import build_conversations, conversation_preview

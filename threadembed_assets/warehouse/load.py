@@ -10,8 +10,8 @@ import duckdb
 import pyarrow as pa
 from pydantic import Field
 
-from threadembed_assets.disentangle.corpus import log_from_messages
-from threadembed_assets.disentangle.linker import Encode, Linker, conversation_roots
+from threadembed_assets.chat.corpus import log_from_messages
+from threadembed_assets.chat.linker import Encode, Linker, conversation_roots
 from threadembed_assets.sources.raw_cache import PART_GLOB
 from threadembed_assets.warehouse.schema import ensure_schema, transaction
 
