@@ -298,6 +298,24 @@ def _mrr_at_dims(model: SentenceTransformer, queries, corpus, gold, dims) -> dic
     return scores
 
 
+def _train_on_cpu(start: str, train_sets, eval_sets, recipe: Recipe, folder: Path, seed: int) -> train.StageResult:
+    """One stage on the CPU in fp32, its work and run folders in `folder`, no log."""
+    return train.train_stage(
+        stage="test",
+        start_from=start,
+        train_sets=train_sets,
+        eval_sets=eval_sets,
+        recipe=recipe,
+        device="cpu",
+        precision="fp32",
+        eval_batch_size=8,
+        work_dir=folder / "work",
+        run_dir=folder / "run",
+        seed=seed,
+        log=lambda message: None,
+    )
+
+
 def test_matryoshka_training_keeps_retrieval_at_64_dimensions(tmp_path, capsys):
     """The stage's loss (MNRL inside MatryoshkaLoss) makes the first 64 dimensions retrieve almost as well as all
     384, where the base model, and the same training without MatryoshkaLoss, lose much more when cut to 64.
@@ -311,20 +329,7 @@ def test_matryoshka_training_keeps_retrieval_at_64_dimensions(tmp_path, capsys):
         epochs=1, max_steps=40, max_minutes=30, learning_rate=3e-4, batch_size=16, max_seq_length=32,
         max_pairs=5000, save_steps=10_000, eval_queries=0,
     )  # fmt: skip
-    result = train.train_stage(
-        stage="matryoshka",
-        start_from=base_path,
-        train_sets=train_pairs,
-        eval_sets={},
-        recipe=recipe,
-        device="cpu",
-        precision="fp32",
-        eval_batch_size=64,
-        work_dir=tmp_path / "work",
-        run_dir=tmp_path / "run",
-        seed=13,
-        log=lambda message: None,
-    )
+    result = _train_on_cpu(base_path, train_pairs, {}, recipe, tmp_path, seed=13)
     assert result.steps == 40
     assert "'loss'" not in capsys.readouterr().out  # progress goes to the log, not as the trainer's raw dicts
     trained_model = SentenceTransformer(str(result.run_dir), device="cpu")
@@ -605,20 +610,7 @@ def test_a_stage_keeps_the_dev_vectors_of_both_models_for_the_assets_after_it(mo
         max_pairs=100, save_steps=10_000, eval_queries=3,
     )  # fmt: skip
     base_path = ModelStore().base_model_path()
-    result = train.train_stage(
-        stage="cached",
-        start_from=base_path,
-        train_sets=train_sets,
-        eval_sets=eval_sets,
-        recipe=recipe,
-        device="cpu",
-        precision="fp32",
-        eval_batch_size=8,
-        work_dir=tmp_path / "work",
-        run_dir=tmp_path / "run",
-        seed=3,
-        log=lambda message: None,
-    )
+    result = _train_on_cpu(base_path, train_sets, eval_sets, recipe, tmp_path, seed=3)
     texts = [*eval_sets["thread"][0].values(), *eval_sets["thread"][1].values()]
     with shared_embeddings() as cache:
         for path in (base_path, str(result.run_dir)):
