@@ -1,6 +1,5 @@
 """The chat ranker's text signals from its messages' vectors against encoding every document and window whole: the
-ranker fitted both ways on the same queries, scored on the same dev and test queries, and what each encodes; and the
-benchmark's `dense_windows` retriever both ways, for the base model and the ranker's model.
+ranker fitted both ways on the same queries, scored on the same dev and test queries, and what each encodes.
 
     python bench/ranker_pooling.py [--queries 300] [--write docs/results/ranker_pooling.md]
 
@@ -18,7 +17,6 @@ import numpy as np
 from report import add_write_option, emit, paired_row
 
 from threadembed_assets.benchmark.assets import RankerConfig
-from threadembed_assets.benchmark.score import scored
 from threadembed_assets.chat.ranker import RANKED_KINDS, fit_ranker, query_mrr, task_features, text_signals
 from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
@@ -26,13 +24,10 @@ from threadembed_assets.chat.retrievers import (
     bm25_scores,
     default_cache_path,
     dense_scores,
-    encode_task,
     line_windows,
     model_key,
-    pooled_vectors,
-    windowed_scores,
 )
-from threadembed_assets.chat.task import THREAD_KINDS, task_kind
+from threadembed_assets.chat.task import task_kind
 from threadembed_assets.evaluation.tasks import all_tasks
 from threadembed_assets.resources import ModelStore
 from threadembed_assets.settings import exit_quietly, warehouse_path
@@ -53,35 +48,6 @@ def whole_signals(model, key, task, cache, batch_size, bm25) -> dict[str, np.nda
         "dense_window": best_window_scores(by_window, owners, len(task.docs)),
         "bm25": bm25,
     }
-
-
-def window_rows(models: dict[str, str], tasks: dict[str, list], cache: EmbeddingCache) -> list[str]:
-    """The benchmark's `dense_windows` (a document's similarity plus its best window's) with each window encoded
-    whole or pooled from its messages' vectors, per model, thread task and split, on the same queries."""
-    lines = ["", "The benchmark's `dense_windows` retriever, windows encoded whole or pooled, on the same queries:", ""]
-    lines += ["| model | task | split | queries | whole | pooled | pooled vs whole |", "|---|---|---|---|---|---|---|"]
-    for name, path in models.items():
-        model, key = load_model(path, "cpu"), model_key(path)
-        for split in ("dev", "test"):
-            for task in (t for t in tasks[split] if task_kind(t.name) in THREAD_KINDS):
-                queries, docs = encode_task(model, key, task, cache, 64)
-                windows, owners = line_windows(task.docs)
-                ways = {
-                    "whole": cache.encode(model, key, windows, 64),
-                    "pooled": pooled_vectors(model, key, windows, cache, 64),
-                }
-                mrr = {
-                    way: scored(
-                        name,
-                        way,
-                        None,
-                        task,
-                        windowed_scores(dense_scores(queries, docs), dense_scores(queries, vectors), owners),
-                    ).mrr()
-                    for way, vectors in ways.items()
-                }
-                lines.append(paired_row([name, task_kind(task.name), split], mrr["whole"], mrr["pooled"]))
-    return lines
 
 
 def main() -> int:
@@ -109,7 +75,6 @@ def main() -> int:
         }
         for way, signals in (("pooled", text_signals), ("whole", whole_signals))
     }
-    windows = window_rows({"base": ModelStore().base_model_path(), "ranker's model": path}, tasks, cache)
     cache.close()
     rankers = {way: fit_ranker(path, f["train"], f["dev"], log=lambda message: None) for way, f in features.items()}
     limit = model.max_seq_length
@@ -128,7 +93,7 @@ def main() -> int:
                 for way, found in features.items()
             }
             lines.append(paired_row([kind, split], mrr["whole"], mrr["pooled"]))
-    emit(lines + windows, args.write)
+    emit(lines, args.write)
     return 0
 
 
