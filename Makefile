@@ -37,9 +37,9 @@ run: install $(INSTANCE)
 	TQDM_DISABLE=1 $(BIN)/python -m threadembed_assets.run --source $(SOURCE) --preset $(PRESET) $(if $(WRITE),--write $(WRITE))
 
 # The quality yardstick: every published model, the base model and the baselines on held-out IRC and Slack chat
-# (../shared beside the checkout; skipped, saying why, without it).
+# (../shared beside the checkout; skipped, saying why, without it). EVAL_ARGS="--stages thread_model" passes options.
 eval: install
-	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/quality.py $(EVAL_ARGS)
 
 test: install $(INSTANCE)
 	$(BIN)/python -m pytest -q

@@ -55,3 +55,13 @@ def test_the_architecture_page_draws_the_asset_graph_the_code_defines():
     drawn = re.search(r"```mermaid\n(.*?)\n```", page, re.DOTALL)
     expected = asset_graph_mermaid()
     assert drawn is not None and drawn.group(1) == expected, f"docs/architecture.md should draw:\n{expected}"
+
+
+def test_the_readme_shows_the_make_run_summary_its_results_file_holds():
+    """The `make run` output the README shows is the summary `make run WRITE=docs/results/make_run.md` wrote (with
+    its date, command and commit), the one the manual includes, not a copy that drifts from it."""
+    written = (ROOT / "docs" / "results" / "make_run.md").read_text()
+    summary = written.split("```\n")[1]
+    assert summary.startswith("run ") and "seconds per step (" in summary
+    assert summary in (ROOT / "README.md").read_text()
+    assert '--8<-- "results/make_run.md"' in (ROOT / "docs" / "getting-started.md").read_text()
