@@ -54,10 +54,10 @@ def main() -> int:
     tokenizer = load_model(models["base"], "cpu").tokenizer
     folder = Path(models["thread_model"])
     lines = [f"At most {args.queries} queries per thread task and split; `thread_model` is `{folder.name}`.", ""]
-    lines += ["| way | distinct window texts encoded | tokens |", "|---|---|---|"]
-    for way, texts in (("whole", windows), ("pooled", messages)):
+    lines += ["| way | what it encodes | distinct texts | tokens |", "|---|---|---|---|"]
+    for way, what, texts in (("whole", "windows", windows), ("pooled", "their messages", messages)):
         tokens = sum(map(len, tokenizer(sorted(texts), truncation=True, max_length=256)["input_ids"]))
-        lines.append(f"| {way} | {len(texts):,} | {tokens:,} |")
+        lines.append(f"| {way} | {what} | {len(texts):,} | {tokens:,} |")
     lines += ["", "MRR@10 of `dense_windows` each way, on the same queries:", ""]
     lines += ["| model | task | split | queries | whole | pooled | pooled vs whole |", "|---|---|---|---|---|---|---|"]
     cache = EmbeddingCache(default_cache_path())  # the run's vectors: both ways read what they share
