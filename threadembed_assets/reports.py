@@ -17,7 +17,10 @@ def _shown(argument: str) -> str:
 def provenance(command: list[str]) -> str:
     """One line: when, by which command (absolute paths shortened), at which commit, on what machine."""
     shown = shlex.join(_shown(argument) for argument in command)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git on this machine (a container image)
+        commit = ""
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
     return f"*{date.today().isoformat()}, `{shown}`, commit {commit or 'unknown'}, {machine}.*"
 

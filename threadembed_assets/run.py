@@ -223,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def local_folders_shortened(text: str) -> str:
-    """`text` with this machine's data and models folders written as `data` and `models`, as a user's are."""
+    """`text` with the paths under this machine's data and models folders written from `data/` and `models/`, as a
+    user's are (only absolute paths: a relative folder already reads as the user's)."""
     for folder, name in ((settings.models_dir(), "models"), (settings.data_dir(), "data")):
-        text = text.replace(str(folder.resolve()), name).replace(str(folder), name)
+        for absolute in dict.fromkeys((folder.absolute(), folder.resolve())):
+            text = text.replace(f"{absolute}/", f"{name}/")
     return text
 
 

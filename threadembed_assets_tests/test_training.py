@@ -618,3 +618,15 @@ def test_a_stage_keeps_the_dev_vectors_of_both_models_for_the_assets_after_it(mo
         assert (cache.hits, cache.misses) == (2 * len(texts), 0)
     plain = train.headline(train.dev_evaluator(eval_sets, 8)(load_model(str(result.run_dir), "cpu")))
     assert result.dev_after == {task: pytest.approx(scores) for task, scores in plain.items()}
+
+
+def test_only_a_model_without_prompts_or_truncation_reads_dev_vectors_from_the_cache():
+    """The cache keeps each text's whole vector without a prompt: a model that prompts queries or documents, or cuts
+    its dimension, is measured by the evaluator's own encoding instead."""
+    model = load_model(ModelStore().base_model_path(), "cpu")
+    assert train.plain_encoder(model)
+    assert not train.plain_encoder(model, prompt="query: ")
+    model.prompts = {"query": "query: ", "passage": "passage: "}
+    assert not train.plain_encoder(model)
+    model.prompts, model.truncate_dim = {}, 64
+    assert not train.plain_encoder(model)

@@ -25,15 +25,16 @@ WINDOW_LINES = 4  # a document's windows for `windowed_scores`: this many render
 WINDOW_STRIDE = 2  # ...every this many lines
 
 
-def model_key(name_or_path: str) -> str:
-    """Identity of a model for the cache: a local checkpoint by its resolved path and weights' mtime."""
+def model_key(name_or_path: str, moving_to: Path | None = None) -> str:
+    """Identity of a model for the cache: a local checkpoint by its resolved path and weights' mtime. `moving_to`:
+    the key the checkpoint will have once its folder is renamed there (a rename keeps the mtimes)."""
     path = Path(name_or_path)
     if not path.exists():
         return name_or_path
     resolved = path.resolve()
     weights = sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin"))
     stamp = max((w.stat().st_mtime_ns for w in weights), default=0)
-    return f"{resolved}@{stamp}"
+    return f"{Path(moving_to).resolve() if moving_to is not None else resolved}@{stamp}"
 
 
 def text_digest(text: str) -> str:

@@ -55,7 +55,10 @@ class OnnxConfig(TaskConfig):
     )
 
 
-@dg.asset(code_version=code_version("search"), group_name="search", deps=[chat_ranker], kinds={"onnx"})
+SEARCH_CODE = code_version("search", "chat", "evaluation", "benchmark")  # search reads the ranker, tasks, retrievers
+
+
+@dg.asset(code_version=SEARCH_CODE, group_name="search", deps=[chat_ranker], kinds={"onnx"})
 def onnx_model(
     context: dg.AssetExecutionContext,
     config: OnnxConfig,
@@ -118,7 +121,7 @@ def onnx_model(
 
 
 @dg.asset(
-    code_version=code_version("search"),
+    code_version=SEARCH_CODE,
     partitions_def=source_partitions,
     group_name="search",
     deps=[conversations, chat_ranker, onnx_model],

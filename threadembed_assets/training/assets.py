@@ -316,7 +316,7 @@ def run_stage(
 
 def _training_asset(stage: Stage, deps: list, description: str) -> dg.AssetsDefinition:
     @dg.asset(
-        code_version=code_version("training"),
+        code_version=code_version("training", "chat", "evaluation"),  # dev sets and verdicts
         name=stage.name,
         group_name="training",
         deps=deps,
@@ -350,7 +350,7 @@ retrieval_model = _training_asset(
 
 
 @dg.asset(
-    code_version=code_version("training"),
+    code_version=code_version("training", "chat", "evaluation"),  # dev sets and verdicts
     name=HARD_NEGATIVE_TABLE,
     partitions_def=source_partitions,
     group_name="pairs",

@@ -180,6 +180,14 @@ class StageResult:
     dev_per_query_after: dict[str, list[float]] = field(default_factory=dict)
 
 
+def plain_encoder(model: SentenceTransformer, prompt: str | None = None, prompt_name: str | None = None) -> bool:
+    """Whether `model` encodes queries and documents alike and whole, as the embedding cache stores them: no
+    prompt (given, named or the model's own), no routing by task, no truncated dimension."""
+    routed = any(type(module).__name__ == "Router" for module in model.children())
+    prompted = prompt or prompt_name or model.default_prompt_name or any(model.prompts.values())
+    return not (routed or prompted or model.truncate_dim)
+
+
 class PerQueryIREvaluator(InformationRetrievalEvaluator):
     """sentence-transformers' IR evaluator that also keeps each query's reciprocal rank at 10 (query order) of its
     last evaluation, for a paired test of two models on the same queries. With `cache` and `model_key` set, texts
@@ -191,8 +199,8 @@ class PerQueryIREvaluator(InformationRetrievalEvaluator):
     model_key: str | None = None
 
     def embed_inputs(self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs):
-        prompted = prompt or prompt_name or model.prompts.get(encode_fn_name or "")
-        if self.cache is None or self.model_key is None or prompted or kwargs:
+        cached = self.cache is not None and self.model_key is not None and self.truncate_dim is None
+        if not cached or kwargs or not plain_encoder(model, prompt, prompt_name):
             return super().embed_inputs(model, sentences, encode_fn_name, prompt_name, prompt, **kwargs)
         vectors = self.cache.encode(model, self.model_key, list(sentences), self.batch_size)
         return torch.from_numpy(vectors).to(model.device)
@@ -234,16 +242,16 @@ def dev_evaluator(eval_sets: dict[str, tuple[dict, dict, dict]], batch_size: int
 
 
 def evaluate_dev(
-    evaluator: SequentialEvaluator | None, model: SentenceTransformer, model_path: str | Path | None = None
+    evaluator: SequentialEvaluator | None, model: SentenceTransformer, key: str | None = None
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
-    """The headline scores (`headline`) and per-query reciprocal ranks of `model` on every dev task. With
-    `model_path` (where `model` is saved), its vectors go through the run's embedding cache under that model."""
+    """The headline scores (`headline`) and per-query reciprocal ranks of `model` on every dev task. With `key`
+    (`model_key` of where `model` is saved), its vectors go through the run's embedding cache under that key."""
     if evaluator is None:
         return {}, {}
-    with shared_embeddings() if model_path is not None else nullcontext() as cache:
+    with shared_embeddings() if key is not None else nullcontext() as cache:
         for task_evaluator in evaluator.evaluators:
             task_evaluator.cache = cache
-            task_evaluator.model_key = model_key(str(model_path)) if model_path is not None else None
+            task_evaluator.model_key = key
         try:
             scores = headline(evaluator(model))
         finally:
@@ -333,7 +341,7 @@ def train_stage(
     evaluator = dev_evaluator(eval_sets, eval_batch_size)
     digest = dev_sets_digest(eval_sets, device, precision)
     recorded = recorded_dev_scores(start_from, digest) if evaluator else None
-    dev_before, per_query_before = recorded or evaluate_dev(evaluator, model, start_from)
+    dev_before, per_query_before = recorded or evaluate_dev(evaluator, model, model_key(start_from))
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
@@ -375,12 +383,13 @@ def train_stage(
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save(str(partial))
-    partial.rename(run_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    dev_after, per_query_after = evaluate_dev(evaluator, model, run_dir)  # saved first: its vectors are kept
+    # saved first, so that its dev vectors are kept under the key the checkpoint has once renamed
+    dev_after, per_query_after = evaluate_dev(evaluator, model, model_key(str(partial), moving_to=run_dir))
     if dev_after:
         record = {"dev_sets": digest, "scores": dev_after, "per_query": per_query_after}
-        (run_dir / DEV_SCORES_FILE).write_text(json.dumps(record))
+        (partial / DEV_SCORES_FILE).write_text(json.dumps(record))
+    partial.rename(run_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
     return StageResult(
         run_dir=run_dir,
         steps=steps,

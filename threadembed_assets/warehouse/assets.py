@@ -27,7 +27,7 @@ def _column_schema(con, table: str) -> dg.TableSchema:
 
 
 @dg.asset(
-    code_version=code_version("warehouse"),
+    code_version=code_version("warehouse", "chat"),  # the published linker links messages
     partitions_def=source_partitions,
     group_name="warehouse",
     deps=[raw_messages],
@@ -79,7 +79,7 @@ def messages(
 
 
 @dg.asset(
-    code_version=code_version("warehouse"),
+    code_version=code_version("warehouse", "chat"),  # the published linker links messages
     partitions_def=source_partitions,
     group_name="warehouse",
     deps=[messages],
