@@ -56,16 +56,26 @@ def test_every_asset_carries_its_stage_code_version_which_follows_that_stage_cod
         for key in asset.keys:
             assert asset.code_versions_by_key[key], f"{key.to_user_string()} has no code_version"
     assert {asset.code_versions_by_key[asset.key] for asset in ASSETS if asset.key.path[0] == "messages"} == {
-        versions.code_version("warehouse")
+        versions.code_version("warehouse", "chat")  # the warehouse links messages with the linker in chat/
     }
-    for stage in ("pairs", "warehouse"):
+    for stage in ("pairs", "warehouse", "chat"):
         shutil.copytree(versions.PACKAGE / stage, tmp_path / stage)
     monkeypatch.setattr(versions, "PACKAGE", tmp_path)
-    before = {stage: versions.code_version.__wrapped__(stage) for stage in ("pairs", "warehouse")}
+
+    def stage_versions() -> dict[str, str]:
+        return {
+            "pairs": versions.code_version.__wrapped__("pairs"),
+            "warehouse": versions.code_version.__wrapped__("warehouse", "chat"),
+        }
+
+    before = stage_versions()
     build = tmp_path / "pairs" / "build.py"
     build.write_text(build.read_text() + "\n# a change\n")
-    after = {stage: versions.code_version.__wrapped__(stage) for stage in ("pairs", "warehouse")}
+    after = stage_versions()
     assert after["pairs"] != before["pairs"] and after["warehouse"] == before["warehouse"]
+    linker = tmp_path / "chat" / "linker.py"  # the library a stage runs counts as its code
+    linker.write_text(linker.read_text() + "\n# a change\n")
+    assert stage_versions()["warehouse"] != after["warehouse"] and stage_versions()["pairs"] == after["pairs"]
 
 
 def definitions_outline(definitions: dg.Definitions) -> dict:
