@@ -25,16 +25,15 @@ WINDOW_LINES = 4  # a document's windows for `windowed_scores`: this many render
 WINDOW_STRIDE = 2  # ...every this many lines
 
 
-def model_key(name_or_path: str, moving_to: Path | None = None) -> str:
-    """Identity of a model for the cache: a local checkpoint by its resolved path and weights' mtime. `moving_to`:
-    the key the checkpoint will have once its folder is renamed there (a rename keeps the mtimes)."""
+def model_key(name_or_path: str) -> str:
+    """Identity of a model for the cache: a local checkpoint by its resolved path and weights' mtime."""
     path = Path(name_or_path)
     if not path.exists():
         return name_or_path
     resolved = path.resolve()
     weights = sorted(resolved.glob("*.safetensors")) + sorted(resolved.glob("*.bin"))
     stamp = max((w.stat().st_mtime_ns for w in weights), default=0)
-    return f"{Path(moving_to).resolve() if moving_to is not None else resolved}@{stamp}"
+    return f"{resolved}@{stamp}"
 
 
 def text_digest(text: str) -> str:
@@ -72,6 +71,21 @@ class CachedEncoder:
             self.store(key, encoded)
             found.update(encoded)
         return np.array([found[digest] for digest in digests], dtype=np.float32)
+
+
+class HeldVectors(CachedEncoder):
+    """Vectors held in memory by model key, for a model that has no key of its own yet (a checkpoint not yet
+    saved): they go to a lasting cache under its key once it has one."""
+
+    def __init__(self):
+        self.vectors: dict[str, dict[str, np.ndarray]] = {}
+
+    def lookup(self, key: str, digests: list[str]) -> dict[str, np.ndarray]:
+        held = self.vectors.get(key, {})
+        return {digest: held[digest] for digest in digests if digest in held}
+
+    def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors.setdefault(key, {}).update(vectors)
 
 
 class EmbeddingCache(CachedEncoder):

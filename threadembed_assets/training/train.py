@@ -10,7 +10,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from threadembed_assets.chat.retrievers import CachedEncoder, model_key, shared_embeddings
+from threadembed_assets.chat.retrievers import CachedEncoder, HeldVectors, model_key, shared_embeddings
 from threadembed_assets.training.batching import ChatTrainer, batch_sampler
 from threadembed_assets.training.data import training_set_summary
 from threadembed_assets.training.presets import Recipe
@@ -242,21 +241,22 @@ def dev_evaluator(eval_sets: dict[str, tuple[dict, dict, dict]], batch_size: int
 
 
 def evaluate_dev(
-    evaluator: SequentialEvaluator | None, model: SentenceTransformer, key: str | None = None
+    evaluator: SequentialEvaluator | None,
+    model: SentenceTransformer,
+    cache: CachedEncoder | None = None,
+    key: str | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
-    """The headline scores (`headline`) and per-query reciprocal ranks of `model` on every dev task. With `key`
-    (`model_key` of where `model` is saved), its vectors go through the run's embedding cache under that key."""
+    """The headline scores (`headline`) and per-query reciprocal ranks of `model` on every dev task; with `cache`
+    and `key`, its vectors are encoded through `cache` under `key`."""
     if evaluator is None:
         return {}, {}
-    with shared_embeddings() if key is not None else nullcontext() as cache:
+    for task_evaluator in evaluator.evaluators:
+        task_evaluator.cache, task_evaluator.model_key = cache, key
+    try:
+        scores = headline(evaluator(model))
+    finally:
         for task_evaluator in evaluator.evaluators:
-            task_evaluator.cache = cache
-            task_evaluator.model_key = key
-        try:
-            scores = headline(evaluator(model))
-        finally:
-            for task_evaluator in evaluator.evaluators:
-                task_evaluator.cache = task_evaluator.model_key = None
+            task_evaluator.cache = task_evaluator.model_key = None
     return scores, {e.name.removeprefix("dev_"): e.reciprocal_ranks for e in evaluator.evaluators}
 
 
@@ -341,7 +341,8 @@ def train_stage(
     evaluator = dev_evaluator(eval_sets, eval_batch_size)
     digest = dev_sets_digest(eval_sets, device, precision)
     recorded = recorded_dev_scores(start_from, digest) if evaluator else None
-    dev_before, per_query_before = recorded or evaluate_dev(evaluator, model, model_key(start_from))
+    with shared_embeddings() as cache:  # the start model's dev vectors, for the assets after training
+        dev_before, per_query_before = recorded or evaluate_dev(evaluator, model, cache, model_key(start_from))
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
@@ -380,16 +381,19 @@ def train_stage(
     final_learning_rate = float(trainer.lr_scheduler.get_last_lr()[0]) if trainer.lr_scheduler else None
     model.max_seq_length = inference_length  # the checkpoint reads whole conversations, as the base model did
     train_seconds, pairs_per_second = progress.train_seconds(), progress.pairs_per_second()
+    held = HeldVectors()  # the checkpoint's dev vectors, kept under its key once it is saved
+    dev_after, per_query_after = evaluate_dev(evaluator, model, held, stage)
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save(str(partial))
-    # saved first, so that its dev vectors are kept under the key the checkpoint has once renamed
-    dev_after, per_query_after = evaluate_dev(evaluator, model, model_key(str(partial), moving_to=run_dir))
+    model.save(str(partial))  # after the evaluation: the model card shows its dev scores
     if dev_after:
         record = {"dev_sets": digest, "scores": dev_after, "per_query": per_query_after}
         (partial / DEV_SCORES_FILE).write_text(json.dumps(record))
     partial.rename(run_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
+    with shared_embeddings() as cache:
+        if cache is not None and stage in held.vectors:
+            cache.store(model_key(str(run_dir)), held.vectors[stage])
     return StageResult(
         run_dir=run_dir,
         steps=steps,
