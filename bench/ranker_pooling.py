@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from report import add_write_option, emit, paired_row
+from report import add_write_option, emit, encoded_tokens, paired_row
 
 from threadembed_assets.benchmark.assets import RankerConfig
 from threadembed_assets.chat.ranker import RANKED_KINDS, fit_ranker, query_mrr, task_features, text_signals
@@ -77,13 +77,11 @@ def main() -> int:
     }
     cache.close()
     rankers = {way: fit_ranker(path, f["train"], f["dev"], log=lambda message: None) for way, f in features.items()}
-    limit = model.max_seq_length
     resolved = Path(path).resolve()
     lines = [f"Model `{resolved.parent.name}/{resolved.name}`; at most {args.queries} queries per task and split.", ""]
     lines += ["| way | distinct texts encoded | tokens |", "|---|---|---|"]
     for way, found in texts.items():
-        tokens = sum(map(len, model.tokenizer(sorted(found), truncation=True, max_length=limit)["input_ids"]))
-        lines.append(f"| {way} | {len(found):,} | {tokens:,} |")
+        lines.append(f"| {way} | {len(found):,} | {encoded_tokens(model, found):,} |")
     lines += ["", "MRR@10 of the ranker fitted each way, on the same queries:", ""]
     lines += ["| task | split | queries | whole | pooled | pooled vs whole |", "|---|---|---|---|---|---|"]
     for kind in RANKED_KINDS:

@@ -29,3 +29,9 @@ def paired_row(cells: list[str], reference: np.ndarray, candidate: np.ndarray) -
     delta, p_value = paired_test(candidate, reference)
     values = [str(len(reference)), f"{reference.mean():.4f}", f"{candidate.mean():.4f}"]
     return "| " + " | ".join([*cells, *values, f"{verdict(delta, p_value)} {delta:+.4f} p={p_value:.3f}"]) + " |"
+
+
+def encoded_tokens(model, texts: set[str]) -> int:
+    """The tokens `model` reads to encode `texts`, each cut at its input length: what encoding them costs."""
+    cut = model.tokenizer(sorted(texts), truncation=True, max_length=model.max_seq_length)
+    return sum(map(len, cut["input_ids"]))

@@ -11,7 +11,7 @@ encodes is counted (distinct texts and their tokens), not timed.
 import argparse
 from pathlib import Path
 
-from report import add_write_option, emit, paired_row
+from report import add_write_option, emit, encoded_tokens, paired_row
 
 from threadembed_assets.benchmark.assets import RankerConfig
 from threadembed_assets.benchmark.score import scored
@@ -48,26 +48,25 @@ def main() -> int:
         }
     tasks = {split: [t for t in found if task_kind(t.name) in THREAD_KINDS] for split, found in tasks.items()}
     store = ModelStore()
-    models = {"base": store.base_model_path(), "thread_model": ranker_model(store)}
-    windows = {w for found in tasks.values() for t in found for w in line_windows(t.docs)[0]}
-    messages = {line for w in windows for line in w.split("\n")}
-    tokenizer = load_model(models["base"], "cpu").tokenizer
-    folder = Path(models["thread_model"])
+    paths = {"base": store.base_model_path(), "thread_model": ranker_model(store)}
+    models = {name: (load_model(path, "cpu"), model_key(path)) for name, path in paths.items()}
+    windowed = {id(t): line_windows(t.docs) for found in tasks.values() for t in found}
+    windows = {window for texts, _ in windowed.values() for window in texts}
+    messages = {line for window in windows for line in window.split("\n")}
+    folder = Path(paths["thread_model"])
     lines = [f"At most {args.queries} queries per thread task and split; `thread_model` is `{folder.name}`.", ""]
     lines += ["| way | what it encodes | distinct texts | tokens |", "|---|---|---|---|"]
     for way, what, texts in (("whole", "windows", windows), ("pooled", "their messages", messages)):
-        tokens = sum(map(len, tokenizer(sorted(texts), truncation=True, max_length=256)["input_ids"]))
-        lines.append(f"| {way} | {what} | {len(texts):,} | {tokens:,} |")
+        lines.append(f"| {way} | {what} | {len(texts):,} | {encoded_tokens(models['base'][0], texts):,} |")
     lines += ["", "MRR@10 of `dense_windows` each way, on the same queries:", ""]
     lines += ["| model | task | split | queries | whole | pooled | pooled vs whole |", "|---|---|---|---|---|---|---|"]
     cache = EmbeddingCache(default_cache_path())  # the run's vectors: both ways read what they share
     try:
-        for name, path in models.items():
-            model, key = load_model(path, "cpu"), model_key(path)
+        for name, (model, key) in models.items():
             for split, found in tasks.items():
                 for task in found:
                     queries, docs = encode_task(model, key, task, cache, 64)
-                    texts, owners = line_windows(task.docs)
+                    texts, owners = windowed[id(task)]
                     ways = {
                         "whole": cache.encode(model, key, texts, 64),
                         "pooled": pooled_vectors(model, key, texts, cache, 64),

@@ -341,8 +341,11 @@ def train_stage(
     evaluator = dev_evaluator(eval_sets, eval_batch_size)
     digest = dev_sets_digest(eval_sets, device, precision)
     recorded = recorded_dev_scores(start_from, digest) if evaluator else None
-    with shared_embeddings() as cache:  # the start model's dev vectors, for the assets after training
-        dev_before, per_query_before = recorded or evaluate_dev(evaluator, model, cache, model_key(start_from))
+    if recorded is not None:
+        dev_before, per_query_before = recorded
+    else:
+        with shared_embeddings() as cache:  # the start model's dev vectors, for the assets after training
+            dev_before, per_query_before = evaluate_dev(evaluator, model, cache, model_key(start_from))
     inference_length = model.max_seq_length
     model.max_seq_length = min(recipe.max_seq_length, inference_length)  # short inputs train faster
     steps_per_epoch = sum(math.ceil(len(data) / recipe.batch_size) for data in train_sets.values())
