@@ -1,13 +1,16 @@
 """Disentanglement on the IRC corpus's dev split: the online linker against "Previous" and silence cuts, and its speed.
 
-    python bench/disentangle.py CORPUS [--train-files 30] [--model PATH]
+    python bench/disentangle.py CORPUS [--train-files 30] [--model PATH] [--pytorch]
 
 CORPUS is the IRC disentanglement corpus in its own format (`train/` and `dev/` of `<stem>.raw.txt` and
 `<stem>.annotation.txt`). The linker is fitted on --train-files logs of the train split (evenly spaced in name
 order), its new-conversation bias tuned on 10 other train logs, and it and the baselines are scored on every dev log
 with the paper's metrics, with the model's similarity (--model: the best published stage by default), without it,
-and with it but without the conversation pass. Speed: messages per second of linking the dev split end to end,
-encoding included, against encoding the same messages alone in the same run.
+and with it but without the conversation pass. The model encodes as the `disentangler` asset has it encode: with its
+published ONNX int8 export (`onnx_model`) where there is one made from it, unless --pytorch; with the export, the
+linker is also fitted on PyTorch's vectors, and the two compared on the same lines. Speed: messages per
+second of linking the dev split end to end, encoding included, against encoding the same messages alone in the same
+run.
 """
 
 import argparse
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from threadembed_assets.chat.corpus import read_split
+from threadembed_assets.chat.encoders import ONNX_MODEL, export_of
 from threadembed_assets.chat.link_metrics import line_hits
 from threadembed_assets.chat.linker import LinkerParams, fit, tune_new_bias
 from threadembed_assets.chat.metrics import paired_test, verdict
@@ -37,22 +41,25 @@ def main() -> int:
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--train-files", type=int, default=30)
     parser.add_argument("--model", help="The model whose similarity the linker reads (default: the best published).")
+    parser.add_argument("--pytorch", action="store_true", help="Encode with PyTorch even where an ONNX export exists.")
     args = parser.parse_args()
     train, dev = read_split(args.corpus / "train"), read_split(args.corpus / "dev")
     step = max(len(train) // (args.train_files + 10), 1)
     picked = train[::step][: args.train_files + 10]
     fit_logs, tune_logs = picked[: args.train_files], picked[args.train_files :]
-    model_path = args.model or ranker_model(ModelStore())
+    models = ModelStore()
+    model_path = args.model or ranker_model(models)
+    onnx = None if args.pytorch else export_of(model_path, models.latest(ONNX_MODEL))
+    encoder = f"{model_path} [ONNX int8 {onnx.name}]" if onnx else f"{model_path} [PyTorch]"
     rows: dict[str, dict] = {}
     hits: dict[str, np.ndarray] = {}
     with shared_embeddings() as cache:  # a re-run reads the vectors of the run before
-        with_model = sentence_encoder(model_path, "cpu", 64, cache)
+        with_model = sentence_encoder(model_path, "cpu", 64, cache, onnx)
         one_pass = LinkerParams(conversation_pass=False)
-        for name, encode, params in [
-            ("text and chat", None, None),
-            ("with the model, one pass", with_model, one_pass),
-            ("with the model", with_model, None),
-        ]:
+        variants = [("text and chat", None, None), ("with the model, one pass", with_model, one_pass)]
+        if onnx:  # the same linker on PyTorch's vectors, to compare the encoders on the same lines
+            variants.append(("with the model, PyTorch encoding", sentence_encoder(model_path, "cpu", 64, cache), None))
+        for name, encode, params in [*variants, ("with the model", with_model, None)]:
             started = time.perf_counter()
             linker = fit(fit_logs, encode, params)
             tune_new_bias(linker, tune_logs, encode)
@@ -62,7 +69,7 @@ def main() -> int:
             rows[f"disentangler ({name})"] = scores["disentangler"]
             hits[name] = line_hits(dev, parents["disentangler"])
     annotated = sum(len(log.annotated()) for log in dev)
-    print(f"\ndev split, {len(dev)} logs, {annotated} annotated lines; model {model_path}")
+    print(f"\ndev split, {len(dev)} logs, {annotated} annotated lines; model {encoder}")
     print("| system | " + " | ".join(METRICS) + " |")
     print("|" + " --- |" * (len(METRICS) + 1))
     for name, row in rows.items():
@@ -73,22 +80,30 @@ def main() -> int:
     for baseline, outcome in rows["disentangler (with the model)"].items():
         if baseline.startswith("vs_"):
             print(f"  {baseline}: {outcome['verdict']} {outcome['delta']:+.4f} p={outcome['p']:.4f}")
-    for other, what in [("text and chat", "without the model"), ("with the model, one pass", "one pass")]:
+    others = [("text and chat", "without the model"), ("with the model, one pass", "one pass")]
+    others += [("with the model, PyTorch encoding", "on PyTorch's vectors")] if onnx else []
+    for other, what in others:
         delta, p = paired_test(hits["with the model"], hits[other])
         print(f"  vs the linker {what}: {verdict(delta, p)} {delta:+.4f} p={p:.4f}")
-    encode = sentence_encoder(model_path, "cpu", 64, None)  # speed: nothing cached, the last linker
     texts = [t for log in dev for t in log.texts]
-    started = time.perf_counter()
-    encode(texts)
-    bare = len(texts) / (time.perf_counter() - started)
+    bare = {}  # speed: nothing cached
+    for name, folder in [("PyTorch", None), ("ONNX int8", onnx)][: 2 if onnx else 1]:
+        encode = sentence_encoder(model_path, "cpu", 64, None, folder)
+        started = time.perf_counter()
+        encode(texts)
+        bare[name] = len(texts) / (time.perf_counter() - started)
     started = time.perf_counter()
     for log in dev:
-        linker.link(log, encode)
+        linker.link(log, encode)  # the last linker, with the last encoder
     linked = len(texts) / (time.perf_counter() - started)
     print(
-        f"\nspeed: {linked:.0f} messages/s linked end to end (encoding included), {bare:.0f} messages/s encoded alone: "
-        f"{linked / bare:.2f}x bare encoding ({len(texts)} messages, {np.mean([len(t) for t in texts]):.0f} chars)"
+        f"\nspeed: {linked:.0f} messages/s linked end to end (encoding included), {bare[name]:.0f} messages/s encoded "
+        f"alone: {linked / bare[name]:.2f}x bare encoding ({len(texts)} messages, "
+        f"{np.mean([len(t) for t in texts]):.0f} chars; {name} encodes)"
     )
+    if onnx:
+        speedup = bare[name] / bare["PyTorch"]
+        print(f"encoded alone by PyTorch: {bare['PyTorch']:.0f} messages/s; ONNX int8 {speedup:.2f}x PyTorch")
     return 0
 
 

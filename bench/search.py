@@ -27,11 +27,12 @@ import httpx
 import numpy as np
 import uvicorn
 
+from threadembed_assets.chat.encoders import OnnxEncoder
 from threadembed_assets.evaluation.tasks import ChatLines, Line
 from threadembed_assets.resources import ModelStore
 from threadembed_assets.search.http import create_app
 from threadembed_assets.search.index import ChatIndex, SearchModel, archive_from_messages, load_search_model
-from threadembed_assets.search.onnx import OnnxEncoder, export_onnx
+from threadembed_assets.search.onnx import export_onnx
 from threadembed_assets.sources.sample import generate_sample
 from threadembed_assets.training.train import load_model
 

@@ -21,12 +21,13 @@ import numpy as np
 
 from threadembed_assets.benchmark.__main__ import ALL_SPLITS, file_warehouse
 from threadembed_assets.benchmark.score import scored
+from threadembed_assets.chat.encoders import ONNX_MODEL
 from threadembed_assets.chat.metrics import paired_test, verdict
 from threadembed_assets.chat.ranker import CHAT_RANKER, model_features
 from threadembed_assets.chat.task import Task
 from threadembed_assets.evaluation.tasks import TaskConfig, all_tasks
 from threadembed_assets.resources import ModelStore
-from threadembed_assets.search.index import ONNX_MODEL, ChatIndex
+from threadembed_assets.search.index import ChatIndex
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 K = 10

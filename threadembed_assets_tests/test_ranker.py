@@ -13,8 +13,9 @@ from threadembed_assets.benchmark.__main__ import tasks_from_file
 from threadembed_assets.benchmark.score import score_all, verdict_rows
 from threadembed_assets.chat.features import FEATURES
 from threadembed_assets.chat.metrics import verdict
-from threadembed_assets.chat.ranker import CHAT_RANKER, ChatRanker, fit_ranker, model_features
+from threadembed_assets.chat.ranker import CHAT_RANKER, ChatRanker, fit_ranker, history_gate, model_features
 from threadembed_assets.chat.retrievers import EmbeddingCache, model_key, recency_scores
+from threadembed_assets.chat.task import Task
 from threadembed_assets.evaluation.tasks import TaskConfig
 from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.train import load_model
@@ -200,3 +201,52 @@ def test_a_saved_ranker_finds_its_model_after_the_models_folder_moves(tmp_path):
     (tmp_path / "models").rename(tmp_path / "mounted")
     loaded = ChatRanker.load(tmp_path / "mounted" / CHAT_RANKER / "run-2")
     assert loaded.model_path == str((tmp_path / "mounted" / "hard_negative_model" / "run-1").resolve())
+
+
+def gate_task(n: int, recency_right: bool) -> tuple[Task, np.ndarray, np.ndarray]:
+    """A channel of `n` next-message queries, one every 10 messages, each with two candidates (its answer and another
+    conversation's next message, each a message after it); the ranker's scores and recency's (the rival) rank them.
+    Where `recency_right`, the answer comes first in time and recency finds it while the ranker does not; else the
+    other way round."""
+    docs, orders, relevant = [], [], []
+    for q in range(n):
+        first, second = 10 * q + 1, 10 * q + 2
+        answer, other = (first, second) if recency_right else (second, first)
+        docs += [f"answer {q}", f"other {q}"]
+        orders += [[answer], [other]]
+        relevant.append(2 * q)
+    task = Task(
+        name="response_message",
+        source="s",
+        queries=[f"prefix {q}" for q in range(n)],
+        docs=docs,
+        doc_ids=[str(d) for d in range(len(docs))],
+        relevant=relevant,
+        candidates=[[2 * q, 2 * q + 1] for q in range(n)],
+        query_channel=["c"] * n,
+        query_order=[10 * q for q in range(n)],
+        doc_orders=orders,
+    )
+    ranked, rival = np.full((n, 2 * n), -np.inf), np.full((n, 2 * n), -np.inf)
+    for q in range(n):
+        answer_first = recency_right
+        rival[q, 2 * q : 2 * q + 2] = [1.0, 0.0] if answer_first else [0.0, 1.0]
+        ranked[q, 2 * q : 2 * q + 2] = [0.0, 1.0] if answer_first else [1.0, 0.0]
+    return task, ranked, rival
+
+
+def test_the_history_gate_follows_what_the_channel_taught_before_each_query_and_nothing_after():
+    # A channel that is one conversation at a time: once five answers have arrived, recency takes over.
+    calm, ranked, rival = gate_task(12, recency_right=True)
+    use = history_gate(calm, ranked, rival, least=5)
+    assert use.tolist() == [q >= 5 for q in range(12)]  # query q has seen the answers of queries 0..q-1
+    # A busy channel where the ranker finds what recency misses: it never switches.
+    busy, ranked_busy, rival_busy = gate_task(12, recency_right=False)
+    assert not history_gate(busy, ranked_busy, rival_busy, least=5).any()
+    # Answers that arrive after a query's moment never count for it: turning every answer from query 8 on around
+    # (recency now misses them) leaves the decisions up to query 8 as they were, and changes later ones.
+    flipped_rival = rival.copy()
+    flipped_rival[8:] = np.where(np.isfinite(rival[8:]), 1.0 - rival[8:], -np.inf)
+    changed = history_gate(calm, ranked, flipped_rival, last=3, least=3)
+    before = history_gate(calm, ranked, rival, last=3, least=3)
+    assert (changed[:9] == before[:9]).all() and not (changed[9:] == before[9:]).all()

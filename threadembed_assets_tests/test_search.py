@@ -18,19 +18,30 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from threadembed_assets.chat.corpus import log_from_messages
-from threadembed_assets.chat.linker import DISENTANGLER, LinkerParams, fit, save_linker
+from threadembed_assets.chat.encoders import FLOAT_FILE, INT8_FILE, ONNX_MODEL, OnnxEncoder
+from threadembed_assets.chat.linker import (
+    DISENTANGLER,
+    Linker,
+    LinkerParams,
+    fit,
+    load_published,
+    save_linker,
+    unit_rows,
+)
 from threadembed_assets.chat.retrievers import EmbeddingCache, model_key
 from threadembed_assets.chat.task import Task
+from threadembed_assets.disentangle.assets import sentence_encoder
 from threadembed_assets.resources import ModelStore
 from threadembed_assets.search import ChatIndex, Hit
 from threadembed_assets.search import http as search_http
 from threadembed_assets.search import index as search_index
 from threadembed_assets.search.__main__ import main as cli_main
 from threadembed_assets.search.http import MAX_BODY_BYTES, MAX_TEXT_CHARS, Bounded, IndexHolder, create_app
-from threadembed_assets.search.index import ONNX_MODEL, VectorCache, archive_from_messages, best_threshold
-from threadembed_assets.search.onnx import FLOAT_FILE, INT8_FILE, OnnxEncoder, compare_encoders, export_onnx
+from threadembed_assets.search.index import VectorCache, archive_from_messages, best_threshold
+from threadembed_assets.search.onnx import compare_encoders, export_onnx
 from threadembed_assets.search.store import current_build
 from threadembed_assets.search.vectors import VectorIndex
 from threadembed_assets.sources.chat_jsonl import epoch_seconds
@@ -220,7 +231,7 @@ def test_a_corrupt_model_folder_falls_back_to_the_base_model_and_says_so(message
     assert "fallback" in missing.model and "does not exist" in missing.model
 
 
-def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_from(messages, tmp_path):
+def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_from(messages, tmp_path, caplog):
     models = ModelStore(root=str(tmp_path / "models"))
     base = models.base_model_path()
     export = models.asset_dir(ONNX_MODEL) / "run-1"
@@ -263,6 +274,22 @@ def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_
     ChatIndex.from_lines(lines, ranker=False, models=models, encoded=cache)
     assert cache.misses == encoded  # the index read the export's vectors of every conversation
     cache.close()
+
+    # The disentangler encodes with the export of the model it reads, and links with the encoder it was fitted with:
+    # the export its card names, else (that export gone) the same model's PyTorch weights, saying so.
+    onnx_vectors = unit_rows(OnnxEncoder(export).encode(texts[:5], batch_size=16))  # int8 activations: per batch
+    assert np.allclose(sentence_encoder(base, "cpu", 16, None, export)(texts[:5]), onnx_vectors, atol=1e-5)
+    linker = Linker(LinkerParams(), TfidfVectorizer(), uses_dense=True)
+    for name, onnx, expected in [
+        ("fitted", export, onnx_vectors),
+        ("gone", tmp_path / "gone", unit_rows(reference[:5])),
+    ]:
+        save_linker(linker, tmp_path / f"linker_{name}", {"encoder": base, "onnx": str(onnx)})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            encode = load_published(tmp_path / f"linker_{name}")[2]
+        assert np.allclose(encode(texts[:5]), expected, atol=1e-4)
+        assert ("is gone" in caplog.text) == (name == "gone")
 
     other = tmp_path / "fine_tuned"
     pytorch.save(str(other))

@@ -15,7 +15,7 @@ from threadembed_assets.chat.metrics import (
     summarize,
     verdict,
 )
-from threadembed_assets.chat.ranker import CHAT_RANKER, ChatRanker, model_features
+from threadembed_assets.chat.ranker import CHAT_RANKER, GATED_KINDS, UNGATED, ChatRanker, model_features
 from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
     bm25_scores,
@@ -234,7 +234,9 @@ def score_ranker(
     batch_size: int,
     bm25: dict[int, np.ndarray],
 ) -> list[Scored]:
-    """The chat ranker on every task of a kind it ranks, reading the similarity of its own model."""
+    """The chat ranker on every task of a kind it ranks, reading the similarity of its own model; on the kinds its
+    channel-history gate reads (`GATED_KINDS`), also without the gate (retriever `ungated`), to compare on the same
+    queries."""
     model, key = load_model(ranker.model_path, device), model_key(ranker.model_path)
     provenance = read_provenance(ranker_dir)
     results = []
@@ -243,11 +245,13 @@ def score_ranker(
             continue
         features = model_features(model, key, task, cache, batch_size, bm25[id(task)])
         setting = setting_of(provenance, task)
-        results.append(
-            scored(
-                CHAT_RANKER, CHAT_RANKER, None, task, ranker.scores(features), setting=setting, text_model=text_model
-            )
-        )
+        scores = {CHAT_RANKER: ranker.gated_scores(features)}
+        if task_kind(task.name) in GATED_KINDS and task.has_time_context():
+            scores[UNGATED] = ranker.scores(features)
+        results += [
+            scored(CHAT_RANKER, name, None, task, values, setting=setting, text_model=text_model)
+            for name, values in scores.items()
+        ]
     return results
 
 

@@ -4,6 +4,7 @@ A bias on the "new conversation" candidate, tuned on dev for the conversation me
 one."""
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from sentence_transformers import SentenceTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from threadembed_assets.chat.corpus import Log
+from threadembed_assets.chat.encoders import OnnxEncoder
 from threadembed_assets.chat.link_features import (
     CONVERSATION_FEATURES,
     DEFAULT_WINDOW,
@@ -29,6 +31,7 @@ DISENTANGLER = "disentangler"  # the asset and its models/ folder
 LINKER_FILE = "linker.joblib"
 LINKER_CARD = "disentangler.json"
 Encode = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised vectors
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -218,7 +221,7 @@ def load_linker(folder: Path) -> tuple[Linker, dict]:
 
 def load_published(folder: Path, device: str = "cpu", batch_size: int = 64) -> tuple[Linker, dict, Encode | None]:
     """A published disentangler ready to link: the linker, its card and, where it reads a model's similarity, that
-    model's encoder."""
+    model's encoder (the ONNX int8 export it was fitted with, on the CPU, where the card names one)."""
     linker, card = load_linker(folder)
     encoder = card.get("encoder") if linker.uses_dense else None
     if not encoder:
@@ -227,5 +230,12 @@ def load_published(folder: Path, device: str = "cpu", batch_size: int = 64) -> t
         raise FileNotFoundError(
             f"{folder}: the linker reads the similarity of {encoder}, which is gone; materialize disentangler again"
         )
-    model = SentenceTransformer(encoder, device=device)
+    onnx = card.get("onnx")
+    if onnx and device == "cpu" and Path(onnx).exists():
+        model = OnnxEncoder(Path(onnx))
+    else:
+        if onnx:  # the same model's PyTorch weights give vectors within int8 rounding of the export's
+            why = "is gone" if device == "cpu" else f"serves the CPU only, not {device}"
+            log.warning("%s: its ONNX export %s %s; %s encodes instead", folder, onnx, why, encoder)
+        model = SentenceTransformer(encoder, device=device)
     return linker, card, lambda texts: unit_rows(model.encode(list(texts), batch_size=batch_size))

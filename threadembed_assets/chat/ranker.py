@@ -10,6 +10,10 @@ another's: a row weighs 1 / (number of candidates of its query). Where the train
 platform with enough train queries also gets learners of its own, kept where they beat the shared learner on that
 platform's dev queries significantly (Slack channels whose conversations a disentangler cut by time may want time more
 than IRC does).
+
+On the next-message and next-window tasks, where "what comes next in time" is the rival, each query also asks its
+channel's own history which of the two found the answers better before it (`history_gate`), so that a ranker fitted
+on a busy channel does not fall below recency on a calm one.
 """
 
 import json
@@ -34,6 +38,7 @@ from threadembed_assets.chat.retrievers import (
     dense_scores,
     line_windows,
     pooled_vectors,
+    recency_scores,
 )
 from threadembed_assets.chat.task import Task, task_kind
 
@@ -41,6 +46,11 @@ CHAT_RANKER = "chat_ranker"  # the asset, its models/ folder, and its name as a 
 RANKED_KINDS = ("thread", "thread_live", "response_message", "response_window")
 LEARNERS = ("logistic", "boosted")
 RANKER_FILE = "ranker.joblib"
+# Kinds where "what comes next in time" is the rival to never fall below: the channel's own history says which to trust.
+GATED_KINDS = ("response_message", "response_window")
+GATE_HISTORY = 20  # the channel's latest answered queries the gate reads
+GATE_LEAST = 5  # fewer than this: the ranker decides
+UNGATED = "ungated"  # the ranker's scores without the gate, as a retriever name in the benchmark
 RANKER_CARD = "ranker.json"
 
 
@@ -231,6 +241,18 @@ class ChatRanker:
                 decision[rows] = learner.decision(features.values[rows])
         return features.score_matrix(decision)
 
+    def gated_scores(self, features: Features) -> np.ndarray:
+        """`scores`, with recency's ranking in place of the ranker's for the queries of a gated kind whose
+        channel's own history says recency finds the answer better (`history_gate`)."""
+        scores = self.scores(features)
+        task = features.task
+        if task_kind(task.name) not in GATED_KINDS or not task.has_time_context():
+            return scores
+        rival = np.where(np.isfinite(scores), recency_scores(task), -np.inf)
+        use_rival = history_gate(task, scores, rival)
+        scores[use_rival] = rival[use_rival]
+        return scores
+
     def save(self, folder: Path) -> None:
         """`ranker.joblib` and `ranker.json` in `folder`; the model is also found relative to it, so a models
         folder that moves (a container's `/models`) keeps its ranker working."""
@@ -256,6 +278,30 @@ class ChatRanker:
         if not Path(model_path).exists() and (folder / stored["model_relative"]).exists():
             model_path = str((folder / stored["model_relative"]).resolve())
         return cls(model_path, stored["learners"], {k: v for k, v in card.items() if k in RANKED_KINDS})
+
+
+def history_gate(
+    task: Task, ranked: np.ndarray, rival: np.ndarray, last: int = GATE_HISTORY, least: int = GATE_LEAST
+) -> np.ndarray:
+    """Per query, whether `rival`'s ranking should replace `ranked`'s: where, over the latest `last` earlier queries
+    of its channel whose answer had arrived by its moment (at least `least` of them), the rival ranked the answer
+    better on average (MRR@10). Only answers that came before a query's moment count, as a live channel's history
+    holds them: a channel that is one conversation at a time teaches recency, a busy one the ranker."""
+    relevant = np.asarray(task.relevant)
+    gain = (
+        per_query(ranks_of_relevant(rival, relevant))["mrr@10"]
+        - per_query(ranks_of_relevant(ranked, relevant))["mrr@10"]
+    )
+    arrived = np.array([max(task.doc_orders[doc], default=-1) for doc in relevant])
+    use_rival = np.zeros(len(relevant), dtype=bool)
+    channels = np.array([str(channel) for channel in task.query_channel], dtype=object)
+    for channel in np.unique(channels):
+        rows = np.flatnonzero(channels == channel)
+        answered = rows[np.argsort(arrived[rows], kind="stable")]
+        for row in rows:
+            known = answered[arrived[answered] < task.query_order[row]][-last:]
+            use_rival[row] = len(known) >= least and gain[known].mean() > 0
+    return use_rival
 
 
 def _fit_best(

@@ -10,19 +10,13 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from threadembed_assets.benchmark.assets import chat_ranker
+from threadembed_assets.chat.encoders import CONFIG_FILE, FLOAT_FILE, INT8_FILE, ONNX_MODEL, OnnxEncoder
 from threadembed_assets.chat.retrievers import model_key, shared_embeddings
 from threadembed_assets.chat.task import task_kind
 from threadembed_assets.evaluation.tasks import TaskConfig, all_tasks
 from threadembed_assets.resources import ComputeResource, ModelStore
-from threadembed_assets.search.index import ONNX_MODEL, ChatIndex
-from threadembed_assets.search.onnx import (
-    CONFIG_FILE,
-    FLOAT_FILE,
-    INT8_FILE,
-    OnnxEncoder,
-    compare_encoders,
-    export_onnx,
-)
+from threadembed_assets.search.index import ChatIndex
+from threadembed_assets.search.onnx import compare_encoders, export_onnx
 from threadembed_assets.search.store import save_index
 from threadembed_assets.sources.registry import source_partitions
 from threadembed_assets.training.assets import ranker_model

@@ -21,6 +21,7 @@ import numpy as np
 
 from threadembed_assets import settings
 from threadembed_assets.chat.corpus import log_from_messages
+from threadembed_assets.chat.encoders import ONNX_MODEL, OnnxEncoder, export_of, same_model
 from threadembed_assets.chat.features import NATIVE_REPLY_PLATFORMS, mentioned_names, normalize_name
 from threadembed_assets.chat.linker import DISENTANGLER, load_published
 from threadembed_assets.chat.ranker import CHAT_RANKER, ChatRanker, model_features
@@ -35,7 +36,6 @@ from threadembed_assets.chat.retrievers import (
 from threadembed_assets.chat.task import Task, task_kind
 from threadembed_assets.evaluation.tasks import ChatLines, Corpus, Line, Queries, near
 from threadembed_assets.resources import ModelStore
-from threadembed_assets.search.onnx import OnnxEncoder, exported_from
 from threadembed_assets.search.store import load_stored
 from threadembed_assets.search.vectors import VectorIndex
 from threadembed_assets.sources.chat_jsonl import RequestError, epoch_seconds, platform_of
@@ -57,7 +57,6 @@ CANDIDATE_HOURS = 24.0  # thread_of: conversations of the channel with a message
 MAX_THREAD_CANDIDATES = 50
 FUSION_DEPTH = 50  # search: how deep each of dense and BM25 is read before fusing
 SNIPPET_CHARS = 200
-ONNX_MODEL = "onnx_model"  # the asset whose `latest` is the int8 export search encodes with on CPU
 MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remembers, least recently used dropped first
 
 
@@ -152,7 +151,7 @@ def load_search_model(path: str, base_model: str, device: str = "cpu", onnx: Pat
 
 def _encoder_of(path: str, device: str, onnx: Path | None, name: str) -> SearchModel:
     """The ONNX export in `onnx` where it was made from `path` and the device is the CPU, else PyTorch."""
-    if device == "cpu" and (exported := exported_from(onnx)) and same_model(exported, path):
+    if device == "cpu" and export_of(path, onnx):
         try:
             encoder = OnnxEncoder(onnx)
             return SearchModel(encoder, path, f"{name} [ONNX int8]", encoder.key)
@@ -698,7 +697,3 @@ def resolve_ranker(ranker: str | ChatRanker | bool | None, models: ModelStore) -
     except Exception as exc:  # an unreadable ranker must not stop search: fusion ranks instead, and the log says why
         log.warning("chat_ranker at %s failed to load (%s: %s); using fusion", folder, type(exc).__name__, exc)
         return None
-
-
-def same_model(a: str, b: str) -> bool:
-    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()

@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from threadembed_assets.benchmark.score import scored
+from threadembed_assets.chat.encoders import CONFIG_FILE, FLOAT_FILE, INT8_FILE
 from threadembed_assets.chat.metrics import paired_test, verdict
 from threadembed_assets.chat.retrievers import CachedEncoder, dense_scores
 from threadembed_assets.chat.task import Task
 
-CONFIG_FILE = "threadembed_onnx.json"
-FLOAT_FILE = "model.onnx"
-INT8_FILE = "model_qint8.onnx"
 POOLINGS = ("mean", "cls")
 
 
@@ -86,69 +84,6 @@ def export_onnx(model, model_path: str, out_dir: Path, opset: int = 17) -> dict:
     }
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     return config
-
-
-class OnnxEncoder:
-    """`encode` of an exported model with onnxruntime on the CPU (the subset of `SentenceTransformer.encode` that
-    search, the benchmark's caches and the chat features call)."""
-
-    def __init__(self, folder: Path, file_name: str = INT8_FILE, threads: int = 0):
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        self.folder = Path(folder)
-        self.config = json.loads((self.folder / CONFIG_FILE).read_text())
-        self.file_name = file_name
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.folder / file_name), options, providers=["CPUExecutionProvider"])
-
-    def get_embedding_dimension(self) -> int:
-        return self.config["dimension"]
-
-    @property
-    def key(self) -> str:
-        """Identity for embedding caches: the graph file and when it was written."""
-        graph = (self.folder / self.file_name).resolve()
-        return f"onnx:{graph}@{graph.stat().st_mtime_ns}"
-
-    def encode(self, texts: list[str] | str, batch_size: int = 64, **_) -> np.ndarray:
-        """Embeddings of `texts` (float32 rows, one per text), batched by length as sentence-transformers does."""
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        out = np.zeros((len(texts), self.get_embedding_dimension()), dtype=np.float32)
-        order = np.argsort([-len(text) for text in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=self.config["max_seq_length"],
-                return_tensors="np",
-            )
-            feeds = {name: batch[name].astype(np.int64) for name in self.config["inputs"]}
-            tokens = self.session.run(None, feeds)[0]
-            out[rows] = self._pool(tokens, batch["attention_mask"])
-        return out[0] if single else out
-
-    def _pool(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        if self.config["pooling"] == "cls":
-            pooled = tokens[:, 0]
-        else:
-            weights = mask[..., None].astype(np.float32)
-            pooled = (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if self.config["normalize"]:
-            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return pooled
-
-
-def exported_from(folder: Path | None) -> str | None:
-    """The model an export was made from (its resolved path), or None where `folder` holds no export."""
-    if folder is None or not (Path(folder) / CONFIG_FILE).exists():
-        return None
-    return json.loads((Path(folder) / CONFIG_FILE).read_text()).get("source_model")
 
 
 def compare_encoders(
