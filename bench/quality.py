@@ -5,6 +5,7 @@ recency and the base model on the same queries (the ranker's also against its ow
 hand-tuned combinations).
 
     python bench/quality.py [--irc ../shared/data/irc/irc_dev.jsonl] [--slack ../shared/data/slack/X.xml]
+        [--write docs/results/make_eval.md]
 
 Defaults: `irc_dev.jsonl` (human thread labels; never trained on) and the Slack channel
 `elmlang-general-2019.xml` (conversation ids from the corpus's automatic disentangler), read through the
@@ -18,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from report import add_write_option, emit, paired_row
+
 from threadembed_assets import settings
 from threadembed_assets.benchmark.__main__ import tasks_from_file
 from threadembed_assets.benchmark.assets import published_models
 from threadembed_assets.benchmark.score import BASE_MODEL, TrainingLeak, refuse_leaks, score_all, verdict_rows
-from threadembed_assets.chat.ranker import CHAT_RANKER
+from threadembed_assets.chat.ranker import CHAT_RANKER, GATED_KINDS, UNGATED
 from threadembed_assets.chat.retrievers import EmbeddingCache, default_cache_path
+from threadembed_assets.chat.task import task_kind
 from threadembed_assets.evaluation.tasks import TaskConfig
 from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.assets import STAGES
@@ -74,6 +78,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def gate_rows(dataset: str, results: list) -> list[str]:
+    """Per task the chat ranker's channel-history gate reads: the ranker without and with it, on the same queries."""
+    by_retriever = {(r.retriever, r.task.name): r for r in results if r.model == CHAT_RANKER and r.full_dim}
+    return [
+        paired_row([dataset, task], ungated.mrr(), by_retriever[(CHAT_RANKER, task)].mrr())
+        for (retriever, task), ungated in by_retriever.items()
+        if retriever == UNGATED and task_kind(task) in GATED_KINDS and (CHAT_RANKER, task) in by_retriever
+    ]
+
+
 def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,6 +100,7 @@ def main() -> int:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    add_write_option(parser)
     args = parser.parse_args()
     datasets = {"irc_dev": args.irc, f"slack:{args.slack.stem}": args.slack}
     missing = [str(path) for path in datasets.values() if not path.is_file()]
@@ -100,6 +115,7 @@ def main() -> int:
     config = TaskConfig(max_queries=args.max_queries, held_out_platform="")
     cache = EmbeddingCache(default_cache_path())
     rows: list[dict] = []
+    gates: list[str] = []
     try:
         for dataset, path in datasets.items():
             started = time.perf_counter()
@@ -115,10 +131,21 @@ def main() -> int:
                 log=lambda message: print(message, file=sys.stderr),
             )
             rows += [{"dataset": dataset, **row} for row in verdict_rows(results)]
+            gates += gate_rows(dataset, results)
             print(f"{dataset}: {len(tasks)} tasks scored in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     finally:
         cache.close()
-    print(format_table(rows))
+    lines = [format_table(rows)]
+    if gates:
+        lines += [
+            "",
+            "The chat ranker without its channel-history gate (`ungated`) and with it, on the same queries (MRR@10):",
+            "",
+            "| dataset | task | queries | ungated | gated | gated vs ungated |",
+            "|---|---|---|---|---|---|",
+            *gates,
+        ]
+    emit(lines, args.write)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -1,9 +1,11 @@
 """`make run`'s entry point: the whole pipeline for a source, checks included, and its summary."""
 
+import json
 import re
 
 from threadembed_assets import run
 from threadembed_assets.definitions import defs
+from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.assets import STAGES
 
 
@@ -29,6 +31,11 @@ def test_run_materializes_sample_end_to_end_and_prints_the_summary(workdir, caps
     assert "chat_ranker: thread " in out and "response_message " in out and "dev MRR@10" in out
     assert re.search(r"fit on \d+ train-split queries, chosen on \d+ other dev queries", out)
     assert re.search(r"disentangler: \d+ held-out channels, link F / VI / one-to-one / conversation F [\d.]+ / ", out)
+    # The disentangler ran after onnx_model and encoded with the export it published (else with PyTorch).
+    models = ModelStore(root=str(workdir / "models"))
+    card = json.loads((models.latest("disentangler") / "disentangler.json").read_text())
+    export = models.latest("onnx_model")
+    assert card["onnx"] == (str(export) if export else None) and card["encoder"]
     assert "is_new balanced accuracy " in out and " on test messages (tuned on dev: " in out
     timings = next(line for line in out.splitlines() if line.startswith("seconds per step ("))
     assert re.search(r"raw_messages \d+, messages \d+", timings) and "thread_model " in timings
