@@ -46,12 +46,12 @@ CHAT_RANKER = "chat_ranker"  # the asset, its models/ folder, and its name as a 
 RANKED_KINDS = ("thread", "thread_live", "response_message", "response_window")
 LEARNERS = ("logistic", "boosted")
 RANKER_FILE = "ranker.joblib"
+RANKER_CARD = "ranker.json"
 # Kinds where "what comes next in time" is the rival to never fall below: the channel's own history says which to trust.
 GATED_KINDS = ("response_message", "response_window")
 GATE_HISTORY = 20  # the channel's latest answered queries the gate reads
 GATE_LEAST = 5  # fewer than this: the ranker decides
 UNGATED = "ungated"  # the ranker's scores without the gate, as a retriever name in the benchmark
-RANKER_CARD = "ranker.json"
 
 
 @dataclass
