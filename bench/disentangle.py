@@ -87,7 +87,7 @@ def main() -> int:
         print(f"  vs the linker {what}: {verdict(delta, p)} {delta:+.4f} p={p:.4f}")
     texts = [t for log in dev for t in log.texts]
     bare = {}  # speed: nothing cached
-    for name, folder in [("PyTorch", None), ("ONNX int8", onnx)][: 2 if onnx else 1]:
+    for name, folder in [("PyTorch", None), *([("ONNX int8", onnx)] if onnx else [])]:
         encode = sentence_encoder(model_path, "cpu", 64, None, folder)
         started = time.perf_counter()
         encode(texts)

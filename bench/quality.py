@@ -25,9 +25,8 @@ from threadembed_assets import settings
 from threadembed_assets.benchmark.__main__ import tasks_from_file
 from threadembed_assets.benchmark.assets import published_models
 from threadembed_assets.benchmark.score import BASE_MODEL, TrainingLeak, refuse_leaks, score_all, verdict_rows
-from threadembed_assets.chat.ranker import CHAT_RANKER, GATED_KINDS, UNGATED
+from threadembed_assets.chat.ranker import CHAT_RANKER, UNGATED
 from threadembed_assets.chat.retrievers import EmbeddingCache, default_cache_path
-from threadembed_assets.chat.task import task_kind
 from threadembed_assets.evaluation.tasks import TaskConfig
 from threadembed_assets.resources import ModelStore
 from threadembed_assets.training.assets import STAGES
@@ -84,7 +83,7 @@ def gate_rows(dataset: str, results: list) -> list[str]:
     return [
         paired_row([dataset, task], ungated.mrr(), by_retriever[(CHAT_RANKER, task)].mrr())
         for (retriever, task), ungated in by_retriever.items()
-        if retriever == UNGATED and task_kind(task) in GATED_KINDS and (CHAT_RANKER, task) in by_retriever
+        if retriever == UNGATED and (CHAT_RANKER, task) in by_retriever
     ]
 
 

@@ -15,7 +15,7 @@ from threadembed_assets.chat.metrics import (
     summarize,
     verdict,
 )
-from threadembed_assets.chat.ranker import CHAT_RANKER, GATED_KINDS, UNGATED, ChatRanker, model_features
+from threadembed_assets.chat.ranker import CHAT_RANKER, UNGATED, ChatRanker, gated, is_gated, model_features
 from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
     bm25_scores,
@@ -235,7 +235,7 @@ def score_ranker(
     bm25: dict[int, np.ndarray],
 ) -> list[Scored]:
     """The chat ranker on every task of a kind it ranks, reading the similarity of its own model; on the kinds its
-    channel-history gate reads (`GATED_KINDS`), also without the gate (retriever `ungated`), to compare on the same
+    channel-history gate reads (`is_gated`), also without the gate (retriever `ungated`), to compare on the same
     queries."""
     model, key = load_model(ranker.model_path, device), model_key(ranker.model_path)
     provenance = read_provenance(ranker_dir)
@@ -245,9 +245,8 @@ def score_ranker(
             continue
         features = model_features(model, key, task, cache, batch_size, bm25[id(task)])
         setting = setting_of(provenance, task)
-        scores = {CHAT_RANKER: ranker.gated_scores(features)}
-        if task_kind(task.name) in GATED_KINDS and task.has_time_context():
-            scores[UNGATED] = ranker.scores(features)
+        ungated = ranker.scores(features)
+        scores = {CHAT_RANKER: gated(task, ungated), **({UNGATED: ungated} if is_gated(task) else {})}
         results += [
             scored(CHAT_RANKER, name, None, task, values, setting=setting, text_model=text_model)
             for name, values in scores.items()

@@ -241,18 +241,6 @@ class ChatRanker:
                 decision[rows] = learner.decision(features.values[rows])
         return features.score_matrix(decision)
 
-    def gated_scores(self, features: Features) -> np.ndarray:
-        """`scores`, with recency's ranking in place of the ranker's for the queries of a gated kind whose
-        channel's own history says recency finds the answer better (`history_gate`)."""
-        scores = self.scores(features)
-        task = features.task
-        if task_kind(task.name) not in GATED_KINDS or not task.has_time_context():
-            return scores
-        rival = np.where(np.isfinite(scores), recency_scores(task), -np.inf)
-        use_rival = history_gate(task, scores, rival)
-        scores[use_rival] = rival[use_rival]
-        return scores
-
     def save(self, folder: Path) -> None:
         """`ranker.joblib` and `ranker.json` in `folder`; the model is also found relative to it, so a models
         folder that moves (a container's `/models`) keeps its ranker working."""
@@ -278,6 +266,21 @@ class ChatRanker:
         if not Path(model_path).exists() and (folder / stored["model_relative"]).exists():
             model_path = str((folder / stored["model_relative"]).resolve())
         return cls(model_path, stored["learners"], {k: v for k, v in card.items() if k in RANKED_KINDS})
+
+
+def is_gated(task: Task) -> bool:
+    """Whether the channel-history gate reads `task`: a kind of `GATED_KINDS` with a time context."""
+    return task_kind(task.name) in GATED_KINDS and task.has_time_context()
+
+
+def gated(task: Task, scores: np.ndarray) -> np.ndarray:
+    """A ranker's (queries x documents) `scores` of `task`, with recency's ranking in place of the ranker's for the
+    queries whose channel's own history says recency finds the answer better (`history_gate`); `scores` itself where
+    the gate does not read the task."""
+    if not is_gated(task):
+        return scores
+    rival = np.where(np.isfinite(scores), recency_scores(task), -np.inf)
+    return np.where(history_gate(task, scores, rival)[:, None], rival, scores)
 
 
 def history_gate(
