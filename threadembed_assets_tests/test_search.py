@@ -31,7 +31,7 @@ from threadembed_assets.chat.linker import (
     save_linker,
     unit_rows,
 )
-from threadembed_assets.chat.retrievers import EmbeddingCache, model_key
+from threadembed_assets.chat.retrievers import EmbeddingCache, HeldVectors, model_key
 from threadembed_assets.chat.task import Task
 from threadembed_assets.disentangle.assets import sentence_encoder
 from threadembed_assets.resources import ModelStore
@@ -268,11 +268,12 @@ def test_onnx_export_encodes_like_pytorch_and_serves_only_the_model_it_was_made_
     cache = EmbeddingCache(tmp_path / "cache.duckdb")
     checked = compare_encoders(pytorch, OnnxEncoder(export), [task], 16, cache=cache, reference_key=model_key(base))
     encoded = cache.misses
-    assert encoded == 2 * len(set(texts[:10] + docs))  # each text once by PyTorch, once by the export
+    messages_of_docs = {line for doc in docs for line in doc.split("\n")}
+    assert encoded == 2 * len(set(texts[:10]) | messages_of_docs)  # each text once by PyTorch, once by the export
     again = compare_encoders(pytorch, OnnxEncoder(export), [task], 16, cache=cache, reference_key=model_key(base))
     assert cache.misses == encoded and again["tasks"] == checked["tasks"] and again["speedup"] > 0
     ChatIndex.from_lines(lines, ranker=False, models=models, encoded=cache)
-    assert cache.misses == encoded  # the index read the export's vectors of every conversation
+    assert cache.misses == encoded  # the index read the export's vectors of every conversation's messages
     cache.close()
 
     # The disentangler encodes with the export of the model it reads, and links with the encoder it was fitted with:
@@ -458,10 +459,14 @@ def test_thread_of_a_message_with_no_channel_or_time_encodes_a_bounded_number_of
     before = index.cache.misses
     hits = index.thread_of({"text": "my xfce panel disappeared"}, k=50)
     assert 0 < len(hits) <= 5
-    # The query, then at most the messages of the 5 conversations with the most (each message encoded once: windows
-    # and whole conversations are pooled from them).
-    largest = sorted(index.docs, key=lambda doc: doc.count("\n"), reverse=True)[:5]
-    assert index.cache.misses - before <= 1 + sum(doc.count("\n") + 1 for doc in largest)
+    # The query alone: the build encoded every archived message once, and the candidates' conversations and windows
+    # are pooled from those vectors.
+    assert index.cache.misses - before == 1
+    # An archived message: its conversation is ranked without it, and still nothing is encoded again.
+    later = next(lines[2] for lines in index.lines.by_conversation.values() if len(lines) >= 4)
+    before = index.cache.misses
+    assert index.thread_of({"message_id": later.message_id, "text": later.text})
+    assert index.cache.misses == before
     # With a time, the candidates are the conversations nearest to it.
     at = float(np.nanmedian(index.starts))
     hits = index.thread_of({"text": "my xfce panel disappeared", "timestamp": at}, k=50)
@@ -470,13 +475,29 @@ def test_thread_of_a_message_with_no_channel_or_time_encodes_a_bounded_number_of
     assert {hit.conversation_id for hit in hits} <= nearest
 
 
-def test_the_cache_keeps_the_most_recently_used_texts():
+def test_the_cache_keeps_the_most_recently_used_texts_and_reads_and_feeds_its_fallback():
     cache = VectorCache(capacity=3)
     vector = np.ones(2, dtype=np.float32)
     cache.store("m", {"a": vector, "b": vector, "c": vector})
     assert set(cache.lookup("m", ["a"])) == {"a"}  # a is now the most recent
     cache.store("m", {"d": vector})
     assert set(cache.lookup("m", ["a", "b", "c", "d"])) == {"a", "c", "d"}  # b, the least recent, went
+    lasting = HeldVectors()
+    lasting.store("m", {"x": vector})
+    backed = VectorCache(capacity=3, fallback=lasting)
+    assert set(backed.lookup("m", ["x", "y"])) == {"x"}
+    backed.store("m", {"y": vector})
+    assert set(lasting.lookup("m", ["x", "y"])) == {"x", "y"}
+
+
+def test_a_conversation_vector_is_the_mean_of_its_messages_vectors(index):
+    doc = max(range(len(index.docs)), key=lambda i: index.docs[i].count("\n"))
+    lines = index.docs[doc].split("\n")
+    assert len(lines) >= 3
+    vectors = index.encoder.encode(lines, convert_to_numpy=True)
+    mean = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).mean(axis=0)
+    stored = np.asarray(index.vectors.vectors[doc], dtype=np.float32)
+    assert np.allclose(stored, mean / np.linalg.norm(mean), atol=2e-3)
 
 
 def test_a_build_that_lands_while_the_index_loads_is_picked_up(monkeypatch):

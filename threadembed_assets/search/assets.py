@@ -77,7 +77,7 @@ def onnx_model(
         ]
     if not tasks:
         raise dg.Failure(description="onnx_model: no dev-split thread or next-message queries to measure it on")
-    with shared_embeddings() as cache:  # the stage's dev evaluation encoded most of these texts with this model
+    with shared_embeddings() as cache:  # chat_ranker encoded the messages of these tasks with this model
         comparison = compare_encoders(
             reference,
             OnnxEncoder(folder),
@@ -139,7 +139,9 @@ def conversation_index(
     started = time.perf_counter()
     with connect(warehouse, read_only=True) as con:
         lines = ChatIndex.read_lines(con, source)
-    with shared_embeddings() as cache:  # onnx_model's dev check encoded many of these conversations
+    # The run's cache holds the messages onnx_model's dev check encoded; what the build encodes is kept in it, and
+    # tuning and measuring `is_new` read it.
+    with shared_embeddings() as cache:
         index = ChatIndex.from_lines(
             lines,
             models=models,
@@ -148,12 +150,13 @@ def conversation_index(
             batch_size=compute.eval_batch_size,
             encoded=cache,
         )
-    encoded = time.perf_counter() - started
-    threshold = index.tune_new_threshold(index.conversations_of_split("dev") or None, max_messages=config.tune_messages)
-    # Measured on what they were not made from: test-split messages, never tuned on, never in the index as queries.
-    held_out = index.conversations_of_split("test") or index.conversation_ids
-    is_new = index.new_accuracy(held_out, max_messages=config.tune_messages)
-    recall = index.ann_recall(held_out, config.recall_sample)
+        encoded = time.perf_counter() - started
+        dev = index.conversations_of_split("dev") or None
+        threshold = index.tune_new_threshold(dev, max_messages=config.tune_messages)
+        # Measured on what they were not made from: test-split messages, never tuned on, never queries in the index.
+        held_out = index.conversations_of_split("test") or index.conversation_ids
+        is_new = index.new_accuracy(held_out, max_messages=config.tune_messages)
+        recall = index.ann_recall(held_out, config.recall_sample)
     build, manifest = save_index(
         index,
         source,

@@ -1,7 +1,9 @@
 """`ChatIndex`: search a chat archive, find the conversation a message belongs to, rank what comes next.
 
 The archive is read the way the benchmark reads the warehouse (`evaluation.tasks.ChatLines`): conversations as the
-warehouse cut them (gold ids, reply chains, silences), rendered as the models see them. `search` fuses the model's
+warehouse cut them (gold ids, reply chains, silences), rendered as the models see them. A conversation's vector is
+the mean of its messages' vectors (`retrievers.pooled_vectors`), as the chat ranker reads it, so that the build
+encodes each message once and a question about the archive encodes little beyond itself. `search` fuses the model's
 similarity and BM25 by reciprocal rank; `thread_of` and `next_message` build the benchmark's one-query tasks and
 rank them with the published `chat_ranker` where it reads the index's model, else with the same fusion.
 """
@@ -30,8 +32,8 @@ from threadembed_assets.chat.retrievers import (
     bm25_scores,
     dense_scores,
     model_key,
+    pooled_vectors,
     rrf_scores,
-    text_digest,
 )
 from threadembed_assets.chat.task import Task, task_kind
 from threadembed_assets.evaluation.tasks import ChatLines, Corpus, Line, Queries, near
@@ -57,7 +59,7 @@ CANDIDATE_HOURS = 24.0  # thread_of: conversations of the channel with a message
 MAX_THREAD_CANDIDATES = 50
 FUSION_DEPTH = 50  # search: how deep each of dense and BM25 is read before fusing
 SNIPPET_CHARS = 200
-MAX_CACHED_TEXTS = 100_000  # texts encoded at query time that an index remembers, least recently used dropped first
+MAX_CACHED_TEXTS = 100_000  # message and query vectors an index remembers, least recently used dropped first
 
 
 class NotPublished(LookupError):
@@ -91,31 +93,33 @@ class ThreadHits(list):
 
 
 class VectorCache(CachedEncoder):
-    """Embeddings by text hash over an index's own rows (its conversations, read from its float16 vectors) and, in
-    memory, the most recently used of the texts encoded since (queries, windows, cut conversations)."""
+    """Embeddings by text hash, in memory, of the most recently used texts this index encoded or read (its
+    messages, queries); under `fallback`, a lasting cache (the run's, while an asset builds and tunes the index) read
+    for what memory lacks and given what is encoded."""
 
-    def __init__(self, capacity: int = MAX_CACHED_TEXTS):
+    def __init__(self, capacity: int = MAX_CACHED_TEXTS, fallback: CachedEncoder | None = None):
         self.capacity = capacity
+        self.fallback = fallback
         self.vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.rows: dict[str, int] = {}
-        self.matrix: np.ndarray | None = None
-
-    def attach(self, texts: list[str], matrix: np.ndarray) -> None:
-        """Answer `texts` from the rows of `matrix` (same order) without encoding them again."""
-        self.rows = {text_digest(text): row for row, text in enumerate(texts)}
-        self.matrix = matrix
 
     def lookup(self, key: str, digests: list[str]) -> dict[str, np.ndarray]:
         found = {}
         for digest in digests:
-            if (row := self.rows.get(digest)) is not None:
-                found[digest] = np.asarray(self.matrix[row], dtype=np.float32)
-            elif (vector := self.vectors.get(digest)) is not None:
+            if (vector := self.vectors.get(digest)) is not None:
                 self.vectors.move_to_end(digest)
                 found[digest] = vector
+        if self.fallback is not None and len(found) < len(digests):
+            lasting = self.fallback.lookup(key, [digest for digest in digests if digest not in found])
+            self._remember(lasting)
+            found.update(lasting)
         return found
 
     def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
+        self._remember(vectors)
+        if self.fallback is not None:
+            self.fallback.store(key, vectors)
+
+    def _remember(self, vectors: dict[str, np.ndarray]) -> None:
         self.vectors.update(vectors)
         while len(self.vectors) > self.capacity:
             self.vectors.popitem(last=False)
@@ -208,7 +212,7 @@ class ChatIndex:
         doc_vectors: np.ndarray | None = None,
         ann: bool | None = None,
         batch_size: int = 64,
-        encoded: CachedEncoder | None = None,
+        encoded: CachedEncoder | None = None,  # a lasting cache read and written while the index lives
         disentangler: Path | None = None,
     ):
         self.lines = lines
@@ -219,7 +223,7 @@ class ChatIndex:
         self.encoder = model.encoder
         self.key = model.key
         self.batch_size = batch_size
-        self.cache = VectorCache()
+        self.cache = VectorCache(fallback=encoded)
         self.ranker = ranker
         self.conversation_ids = sorted(lines.by_conversation)
         conversations = [lines.by_conversation[cid] for cid in self.conversation_ids]
@@ -236,12 +240,11 @@ class ChatIndex:
             self.vectors, self.bm25, manifest = self.stored
             self.new_threshold = manifest.get("new_threshold") or {}
         else:
-            if doc_vectors is None:  # `encoded`: vectors earlier assets of the run made with this model
-                doc_vectors = (encoded or self.cache).encode(self.encoder, self.key, self.docs, batch_size)
+            if doc_vectors is None:  # each message encoded once, for its conversation and for what the ranker reads
+                doc_vectors = pooled_vectors(self.encoder, self.key, self.docs, self.cache, batch_size)
             self.vectors = VectorIndex.build(doc_vectors, ann)
             self.bm25 = bm25s.BM25()
             self.bm25.index(bm25s.tokenize(self.docs, stopwords="en", show_progress=False), show_progress=False)
-        self.cache.attach(self.docs, self.vectors.vectors)
 
     @staticmethod
     def _document(lines: Sequence[Line]) -> str:
@@ -467,7 +470,7 @@ class ChatIndex:
             scores = self.ranker.scores(features)[0]
             return scores, float(scores.max()), CHAT_RANKER
         queries = self.cache.encode(self.encoder, self.key, task.queries, self.batch_size)
-        docs = self.cache.encode(self.encoder, self.key, task.docs, self.batch_size)
+        docs = pooled_vectors(self.encoder, self.key, task.docs, self.cache, self.batch_size)
         dense = dense_scores(queries, docs)
         fused = rrf_scores(dense, bm25_scores(task), allowed=allowed)[0]
         fused = np.where(allowed[0], fused, -np.inf) if allowed is not None else fused

@@ -14,12 +14,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from threadembed_assets.benchmark.score import scored
 from threadembed_assets.chat.encoders import CONFIG_FILE, FLOAT_FILE, INT8_FILE
 from threadembed_assets.chat.metrics import paired_test, verdict
-from threadembed_assets.chat.retrievers import CachedEncoder, dense_scores
+from threadembed_assets.chat.retrievers import CachedEncoder, HeldVectors, dense_scores, pooled_vectors
 from threadembed_assets.chat.task import Task
 
 POOLINGS = ("mean", "cls")
@@ -97,17 +95,19 @@ def compare_encoders(
     speed_texts: int = 512,
 ) -> dict:
     """Dense MRR@10 of `reference` (the PyTorch model, `reference_key` its cache key) and `candidate` (its export)
-    on the same tasks, by task, with the paired difference and its verdict, and the encoding speed of each (texts/s,
-    both timed on the same first `speed_texts` texts of the tasks in the same run). With `cache`, vectors either
-    model already has for a text are read from it and new ones kept, so that no text is encoded twice by one model
-    across the run's assets."""
+    on the same tasks, a document being the mean of its messages' vectors as search reads it
+    (`retrievers.pooled_vectors`), by task, with the paired difference and its verdict, and the encoding speed of
+    each (texts/s, both timed on the same first `speed_texts` messages of the tasks in the same run). With `cache`,
+    vectors either model already has for a text are read from it and new ones kept, so that no text is encoded twice
+    by one model across the run's assets."""
+    cache = cache if cache is not None else HeldVectors()
     encoders = {"reference": (reference, reference_key), "candidate": (candidate, candidate.key)}
     by_task = {}
     for task in tasks:
         scores = {}
         for name, (encoder, key) in encoders.items():
-            queries = _encoded(encoder, key, task.queries, batch_size, cache)
-            docs = _encoded(encoder, key, task.docs, batch_size, cache)
+            queries = cache.encode(encoder, key, task.queries, batch_size)
+            docs = pooled_vectors(encoder, key, task.docs, cache, batch_size)
             scores[name] = scored(name, "dense", None, task, dense_scores(queries, docs)).mrr()
         delta, p_value = paired_test(scores["candidate"], scores["reference"])
         by_task[task.name] = {
@@ -118,7 +118,8 @@ def compare_encoders(
             "p_value": round(float(p_value), 4),
             "verdict": verdict(delta, p_value),
         }
-    sample = [text for task in tasks for text in [*task.queries, *task.docs]][:speed_texts]
+    messages = [line for task in tasks for text in [*task.queries, *task.docs] for line in text.split("\n")]
+    sample = list(dict.fromkeys(messages))[:speed_texts]
     seconds = {}
     for name, (encoder, _) in encoders.items():
         started = time.perf_counter()
@@ -131,9 +132,3 @@ def compare_encoders(
         "texts_per_second_candidate": round(len(sample) / max(seconds["candidate"], 1e-9), 1),
         "speedup": round(seconds["reference"] / max(seconds["candidate"], 1e-9), 2),
     }
-
-
-def _encoded(encoder, key: str, texts: list[str], batch_size: int, cache: CachedEncoder | None) -> np.ndarray:
-    if cache is not None:
-        return cache.encode(encoder, key, texts, batch_size)
-    return np.asarray(encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True))

@@ -17,6 +17,7 @@ from threadembed_assets.search.vectors import VectorIndex
 MANIFEST = "manifest.json"
 BM25_FOLDER = "bm25"
 KEEP_BUILDS = 2  # builds kept besides `current`, for readers still holding an older one
+DOC_VECTORS = "mean of message vectors"  # what a conversation's vector is; builds made otherwise are encoded again
 
 
 def index_root(source: str) -> Path:
@@ -53,6 +54,7 @@ def save_index(index, source: str, extra: dict) -> tuple[Path, dict]:
         "conversations": len(index.docs),
         "dimension": int(index.vectors.vectors.shape[1]),
         "docs_digest": docs_digest(index.conversation_ids, index.docs),
+        "doc_vectors": DOC_VECTORS,
         "ann": index.vectors.ann is not None,
         "new_threshold": index.new_threshold,
         **extra,
@@ -66,11 +68,12 @@ def save_index(index, source: str, extra: dict) -> tuple[Path, dict]:
 
 def load_stored(source: str, model_key: str, conversation_ids: list[str], docs: list[str]):
     """(vectors, BM25 index, manifest) of `source`'s current build when it was built with `model_key` from these
-    very conversations, else None (the caller encodes afresh)."""
+    very conversations, their vectors made as this code makes them, else None (the caller encodes afresh)."""
     build = current_build(source)
     if build is None or not (build / MANIFEST).exists():
         return None
     manifest = json.loads((build / MANIFEST).read_text())
-    if manifest.get("model_key") != model_key or manifest.get("docs_digest") != docs_digest(conversation_ids, docs):
+    made = (manifest.get("model_key"), manifest.get("docs_digest"), manifest.get("doc_vectors"))
+    if made != (model_key, docs_digest(conversation_ids, docs), DOC_VECTORS):
         return None
     return VectorIndex.load(build), bm25s.BM25.load(str(build / BM25_FOLDER)), manifest
