@@ -392,7 +392,11 @@ def test_embedding_cache_encodes_each_text_once(tmp_path):
     first = cache.encode(Counting(), "m", ["a", "bb", "a"], 8)
     again = cache.encode(Counting(), "m", ["bb", "a", "ccc"], 8)
     cache.close()
-    assert Counting.calls == 3 and first[1].tolist() == [2.0, 1.0] and again[2].tolist() == [3.0, 1.0]
+    assert Counting.calls == 3 and first[1].tolist() == [2.0, 1.0] and again.tolist() == [[2, 1], [1, 1], [3, 1]]
+    reopened = EmbeddingCache(tmp_path / "cache.duckdb")  # read back from the file, rows in the order asked
+    assert reopened.encode(Counting(), "m", ["ccc", "a", "ccc"], 8).tolist() == [[3, 1], [1, 1], [3, 1]]
+    assert reopened.encode(Counting(), "other", ["a"], 8).tolist() == [[1, 1]] and Counting.calls == 4
+    reopened.close()
 
 
 def test_a_task_splits_by_conversation_into_disjoint_halves():

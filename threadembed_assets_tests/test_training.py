@@ -592,15 +592,16 @@ def test_recorded_dev_scores_are_read_only_for_the_same_dev_sets(tmp_path):
 
 def test_a_stage_keeps_the_dev_vectors_of_both_models_for_the_assets_after_it(monkeypatch, tmp_path):
     """The dev evaluation before and after a stage encodes through the run's embedding cache, under the start
-    model and the saved checkpoint, so that the ONNX check and the benchmark read those vectors instead of encoding
-    the same dev texts again; the scores are the plain evaluator's."""
+    model and the saved checkpoint, so that the chat ranker, the ONNX check and the benchmark read those vectors
+    instead of encoding the same dev texts again: a document's lines, which they pool, not the whole document. The
+    scores are the plain evaluator's."""
     monkeypatch.setenv("THREADEMBED_DATA_DIR", str(tmp_path / "data"))
     questions = ["how do I mount a usb drive", "wifi drops after suspend", "grub shows a black screen"]
     answers = ["sudo mount /dev/sdb1 /mnt works", "reload the iwlwifi module", "add nomodeset to the kernel line"]
     eval_sets = {
         "thread": (
             {f"q{i}": text for i, text in enumerate(questions)},
-            {f"d{i}": text for i, text in enumerate([*answers, "the channel topic is ubuntu support"])},
+            {f"d{i}": text for i, text in enumerate([*answers, "the channel topic is ubuntu support\nask away"])},
             {f"q{i}": {f"d{i}"} for i in range(len(questions))},
         )
     }
@@ -611,11 +612,12 @@ def test_a_stage_keeps_the_dev_vectors_of_both_models_for_the_assets_after_it(mo
     )  # fmt: skip
     base_path = ModelStore().base_model_path()
     result = _train_on_cpu(base_path, train_sets, eval_sets, recipe, tmp_path, seed=3)
-    texts = [*eval_sets["thread"][0].values(), *eval_sets["thread"][1].values()]
+    lines = [line for text in [*eval_sets["thread"][0].values(), *eval_sets["thread"][1].values()] for line in
+             text.split("\n")]  # fmt: skip
     with shared_embeddings() as cache:
         for path in (base_path, str(result.run_dir)):
-            cache.encode(load_model(path, "cpu"), model_key(path), texts, 8)
-        assert (cache.hits, cache.misses) == (2 * len(texts), 0)
+            cache.encode(load_model(path, "cpu"), model_key(path), lines, 8)
+        assert (cache.hits, cache.misses) == (2 * len(lines), 0)
     plain = train.headline(train.dev_evaluator(eval_sets, 8)(load_model(str(result.run_dir), "cpu")))
     assert result.dev_after == {task: pytest.approx(scores) for task, scores in plain.items()}
 
@@ -630,3 +632,21 @@ def test_only_a_model_without_prompts_or_truncation_reads_dev_vectors_from_the_c
     assert not train.plain_encoder(model)
     model.prompts, model.truncate_dim = {}, 64
     assert not train.plain_encoder(model)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_dev_evaluation_reads_a_document_as_the_mean_of_its_lines_and_a_query_whole(cached):
+    """A conversation is scored the way search and the chat ranker read it (the mean of its messages' unit
+    vectors), a query as one text, whether the vectors come from the run's cache or from the model itself."""
+    model = load_model(ModelStore().base_model_path(), "cpu")
+    doc, query = "bob: my wifi drops after suspend\nalice: reload the iwlwifi module", "wifi drops\nafter suspend"
+    evaluator = train.dev_evaluator({"thread": ({"q": query}, {"d": doc}, {"q": {"d"}})}, 8).evaluators[0]
+    if cached:
+        evaluator.cache, evaluator.model_key = train.HeldVectors(), "base"
+    lines = model.encode(doc.split("\n"), normalize_embeddings=True)
+    mean = lines.mean(axis=0) / np.linalg.norm(lines.mean(axis=0))
+    got = evaluator.embed_inputs(model, [doc], encode_fn_name="document").numpy()[0]
+    assert np.allclose(got / np.linalg.norm(got), mean, atol=1e-5)
+    whole = model.encode([query])[0]
+    got = evaluator.embed_inputs(model, [query], encode_fn_name="query").numpy()[0]
+    assert np.allclose(got, whole, atol=1e-5)

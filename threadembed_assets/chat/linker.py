@@ -41,6 +41,10 @@ class LinkerParams:
     learning_rate: float = 0.05
     num_leaves: int = 31
     min_child_samples: int = 50
+    # Share of messages (query groups, LightGBM's `bagging_by_query`) each boosting round learns from: 0.5 halves
+    # the fits' time and links as well as all of them on held-out channels and the corpus's dev split
+    # (docs/pipeline/disentanglement.md)
+    query_share: float = 0.5
     seed: int = 13
     conversation_pass: bool = True  # a second ranker that reads the conversations a first pass found
 
@@ -154,6 +158,9 @@ def _fit_ranker(x: np.ndarray, y: np.ndarray, groups: np.ndarray, params: Linker
         num_leaves=params.num_leaves,
         min_child_samples=params.min_child_samples,
         lambdarank_truncation_level=5,
+        subsample=params.query_share,
+        subsample_freq=1 if params.query_share < 1 else 0,
+        bagging_by_query=True,
         random_state=params.seed,
         n_jobs=2,
         verbose=-1,

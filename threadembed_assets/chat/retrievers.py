@@ -4,7 +4,7 @@ and recency (time proximity in the channel alone)."""
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,20 +102,26 @@ class EmbeddingCache(CachedEncoder):
     def lookup(self, key: str, digests: list[str]) -> dict[str, np.ndarray]:
         self.con.register("wanted", pa.table({"text_hash": digests}))
         try:
-            rows = self.con.execute(
+            found = self.con.sql(
                 "SELECT e.text_hash, e.vector FROM embeddings e JOIN wanted w USING (text_hash) WHERE e.model = ?",
-                [key],
-            ).fetchall()
+                params=[key],
+            ).to_arrow_table()
         finally:
             self.con.unregister("wanted")
-        return {digest: np.asarray(vector, dtype=np.float32) for digest, vector in rows}
+        if not found.num_rows:
+            return {}
+        vectors = found["vector"].combine_chunks()
+        matrix = vectors.flatten().to_numpy().astype(np.float32).reshape(found.num_rows, -1)
+        return dict(zip(found["text_hash"].to_pylist(), matrix, strict=True))
 
     def store(self, key: str, vectors: dict[str, np.ndarray]) -> None:
+        matrix = np.asarray(list(vectors.values()), dtype=np.float32)
+        offsets = np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)
         table = pa.table(
             {
                 "model": [key] * len(vectors),
                 "text_hash": list(vectors),
-                "vector": [vector.tolist() for vector in vectors.values()],
+                "vector": pa.ListArray.from_arrays(offsets, matrix.reshape(-1)),
             }
         )
         self.con.register("fresh", table)
@@ -160,14 +166,20 @@ def best_window_scores(window_scores: np.ndarray, owners: np.ndarray, n_docs: in
 
 
 def pooled_vectors(model, key: str, texts: list[str], cache: CachedEncoder, batch_size: int) -> np.ndarray:
-    """Each text's vector as the mean of its lines' unit vectors (renormalised), every distinct line encoded once
+    """Each text's vector as the mean of its lines' unit vectors (`mean_of_lines`), every distinct line encoded once
     through `cache`: a message costs one encoding whatever documents, windows and tasks it falls in. On the chat
     ranker's thread and response tasks this scores as encoding each text whole does (docs/pipeline/chat-ranker.md)."""
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    return mean_of_lines(texts, lambda lines: cache.encode(model, key, lines, batch_size))
+
+
+def mean_of_lines(texts: list[str], encode_lines: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """Each of `texts` (not none) as the mean of its lines' unit vectors, renormalised; `encode_lines` gets every
+    distinct line once."""
     split = [text.split("\n") for text in texts]
     lines = list(dict.fromkeys(line for parts in split for line in parts))
-    if not lines:
-        return np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    vectors = _unit_rows(cache.encode(model, key, lines, batch_size))
+    vectors = _unit_rows(np.asarray(encode_lines(lines), dtype=np.float32))
     where = {line: column for column, line in enumerate(lines)}
     counts = np.array([len(parts) for parts in split])
     rows = np.repeat(np.arange(len(texts)), counts)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
@@ -21,7 +22,13 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from transformers import PrinterCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from threadembed_assets.chat.retrievers import CachedEncoder, HeldVectors, model_key, shared_embeddings
+from threadembed_assets.chat.retrievers import (
+    CachedEncoder,
+    HeldVectors,
+    mean_of_lines,
+    model_key,
+    shared_embeddings,
+)
 from threadembed_assets.training.batching import ChatTrainer, batch_sampler
 from threadembed_assets.training.data import training_set_summary
 from threadembed_assets.training.presets import Recipe
@@ -187,21 +194,34 @@ def plain_encoder(model: SentenceTransformer, prompt: str | None = None, prompt_
     return not (routed or prompted or model.truncate_dim)
 
 
+# How the dev evaluation makes a document's vector; part of `dev_sets_digest`, so that scores recorded otherwise are
+# measured again.
+DEV_DOCUMENTS = "mean of line vectors"
+
+
 class PerQueryIREvaluator(InformationRetrievalEvaluator):
     """sentence-transformers' IR evaluator that also keeps each query's reciprocal rank at 10 (query order) of its
-    last evaluation, for a paired test of two models on the same queries. With `cache` and `model_key` set, texts
-    are encoded through the run's embedding cache, so that the assets after training read the dev vectors of the
-    models it measured instead of encoding them again."""
+    last evaluation, for a paired test of two models on the same queries. A document's vector is the mean of its
+    lines' vectors (`retrievers.mean_of_lines`), as search, the chat ranker and the benchmark's windows read a
+    conversation. With `cache` and `model_key` set, texts are encoded through the run's embedding cache, so that the
+    assets after training read the dev vectors of the models it measured instead of encoding them again."""
 
     reciprocal_ranks: list[float]
     cache: CachedEncoder | None = None
     model_key: str | None = None
 
     def embed_inputs(self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs):
-        cached = self.cache is not None and self.model_key is not None and self.truncate_dim is None
-        if not cached or kwargs or not plain_encoder(model, prompt, prompt_name):
-            return super().embed_inputs(model, sentences, encode_fn_name, prompt_name, prompt, **kwargs)
-        vectors = self.cache.encode(model, self.model_key, list(sentences), self.batch_size)
+        def encode(texts: list[str]) -> np.ndarray:
+            cached = self.cache is not None and self.model_key is not None and self.truncate_dim is None
+            if cached and not kwargs and plain_encoder(model, prompt, prompt_name):
+                return self.cache.encode(model, self.model_key, texts, self.batch_size)
+            vectors = super(PerQueryIREvaluator, self).embed_inputs(
+                model, texts, encode_fn_name, prompt_name, prompt, **kwargs
+            )
+            return vectors.float().cpu().numpy()
+
+        texts = [sentences] if isinstance(sentences, str) else list(sentences)
+        vectors = mean_of_lines(texts, encode) if encode_fn_name == "document" and texts else encode(texts)
         return torch.from_numpy(vectors).to(model.device)
 
     def compute_metrics(self, queries_result_list: list[object]):
@@ -281,7 +301,7 @@ def dev_sets_digest(eval_sets: dict[str, tuple[dict, dict, dict]], device: str, 
         task: [sorted((key, sortable(value)) for key, value in part.items()) for part in parts]
         for task, parts in eval_sets.items()
     }
-    return fingerprint(canonical, device, precision)
+    return fingerprint(canonical, device, precision, DEV_DOCUMENTS)
 
 
 def recorded_dev_scores(
