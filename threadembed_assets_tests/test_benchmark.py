@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from sentence_transformers import SentenceTransformer
 
 from threadembed_assets.benchmark.__main__ import main as benchmark_cli
 from threadembed_assets.benchmark.__main__ import tasks_from_file
@@ -31,6 +32,7 @@ from threadembed_assets.chat.metrics import (
 )
 from threadembed_assets.chat.retrievers import (
     EmbeddingCache,
+    HeldVectors,
     bm25_scores,
     line_windows,
     nearest_gaps,
@@ -397,6 +399,27 @@ def test_embedding_cache_encodes_each_text_once(tmp_path):
     assert reopened.encode(Counting(), "m", ["ccc", "a", "ccc"], 8).tolist() == [[3, 1], [1, 1], [3, 1]]
     assert reopened.encode(Counting(), "other", ["a"], 8).tolist() == [[1, 1]] and Counting.calls == 4
     reopened.close()
+
+
+def test_the_cache_encodes_new_texts_in_batches_of_similar_token_counts():
+    """Chat lines whose characters say little of their tokens (a URL, a run of short words) are batched by token
+    count, so no batch pads short lines to a long one's length; the vectors are the model's own."""
+    model = SentenceTransformer(ModelStore().base_model_path(), device="cpu")
+    batches = []
+
+    class Recording:
+        tokenizer, max_seq_length = model.tokenizer, model.max_seq_length
+        get_embedding_dimension = model.get_embedding_dimension
+
+        def encode(self, texts, batch_size, convert_to_numpy):
+            batches.append(list(texts))
+            return model.encode(texts, batch_size=batch_size, convert_to_numpy=convert_to_numpy)
+
+    texts = [("a b c d e f g h i j k l" if i % 2 else "https://paste.ubuntu.com/p/x9") + f" {i}" for i in range(12)]
+    vectors = HeldVectors().encode(Recording(), "m", texts, 4)
+    assert np.allclose(vectors, model.encode(texts, batch_size=4), atol=1e-5)
+    counts = [[len(model.tokenizer(text)["input_ids"]) for text in batch] for batch in batches]
+    assert len(batches) == 3 and all(max(a) <= min(b) for a, b in zip(counts, counts[1:], strict=False))
 
 
 def test_a_task_splits_by_conversation_into_disjoint_halves():

@@ -33,29 +33,31 @@ class OnnxEncoder:
         return self.config["dimension"]
 
     @property
+    def max_seq_length(self) -> int:
+        return self.config["max_seq_length"]
+
+    @property
     def key(self) -> str:
         """Identity for embedding caches: the graph file and when it was written."""
         graph = (self.folder / self.file_name).resolve()
         return f"onnx:{graph}@{graph.stat().st_mtime_ns}"
 
     def encode(self, texts: list[str] | str, batch_size: int = 64, **_) -> np.ndarray:
-        """Embeddings of `texts` (float32 rows, one per text), batched by length as sentence-transformers does."""
+        """Embeddings of `texts` (float32 rows, one per text), in batches of texts of similar token counts (each
+        batch padded to its longest)."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         out = np.zeros((len(texts), self.get_embedding_dimension()), dtype=np.float32)
-        order = np.argsort([-len(text) for text in texts], kind="stable")
+        if not texts:
+            return out
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+        order = np.argsort([len(ids) for ids in tokens["input_ids"]], kind="stable")
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in rows],
-                padding=True,
-                truncation=True,
-                max_length=self.config["max_seq_length"],
-                return_tensors="np",
-            )
+            batch = self.tokenizer.pad({name: [tokens[name][i] for i in rows] for name in tokens}, return_tensors="np")
             feeds = {name: batch[name].astype(np.int64) for name in self.config["inputs"]}
-            tokens = self.session.run(None, feeds)[0]
-            out[rows] = self._pool(tokens, batch["attention_mask"])
+            hidden = self.session.run(None, feeds)[0]
+            out[rows] = self._pool(hidden, batch["attention_mask"])
         return out[0] if single else out
 
     def _pool(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -66,11 +66,28 @@ class CachedEncoder:
         self.hits += len(digests) - sum(1 for digest in digests if digest in missing)
         self.misses += len(missing)
         if missing:
-            fresh = model.encode(list(missing.values()), batch_size=batch_size, convert_to_numpy=True)
-            encoded = dict(zip(missing, np.asarray(fresh, dtype=np.float32), strict=True))
+            fresh = encode_by_token_count(model, list(missing.values()), batch_size)
+            encoded = dict(zip(missing, fresh, strict=True))
             self.store(key, encoded)
             found.update(encoded)
         return np.array([found[digest] for digest in digests], dtype=np.float32)
+
+
+def encode_by_token_count(model, texts: list[str], batch_size: int) -> np.ndarray:
+    """`model.encode` of `texts` (rows in their order) in batches of texts of similar token counts, where the model
+    has a tokenizer: sentence-transformers groups texts by characters, which for chat lines pads the batches to half
+    again the tokens they hold."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or len(texts) <= batch_size:
+        return np.asarray(model.encode(texts, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
+    limit = getattr(model, "max_seq_length", None) or 512
+    counts = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=limit)["input_ids"]]
+    order = np.argsort(counts, kind="stable")
+    out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        rows = order[start : start + batch_size]
+        out[rows] = model.encode([texts[i] for i in rows], batch_size=batch_size, convert_to_numpy=True)
+    return out
 
 
 class HeldVectors(CachedEncoder):
