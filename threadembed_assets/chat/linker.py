@@ -41,8 +41,8 @@ class LinkerParams:
     learning_rate: float = 0.05
     num_leaves: int = 31
     min_child_samples: int = 50
-    # Share of messages (query groups, LightGBM's `bagging_by_query`) each boosting round learns from: 0.5 halves
-    # the fits' time and links as well as all of them on held-out channels and the corpus's dev split
+    # Share of messages (query groups, LightGBM's `bagging_by_query`) each boosting round learns from: at 0.5 each
+    # round reads half the rows, and `make run`'s held-out channels link as with every message
     # (docs/pipeline/disentanglement.md)
     query_share: float = 0.5
     seed: int = 13

@@ -192,7 +192,7 @@ def pooled_vectors(model, key: str, texts: list[str], cache: CachedEncoder, batc
 
 
 def mean_of_lines(texts: list[str], encode_lines: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """Each of `texts` (not none) as the mean of its lines' unit vectors, renormalised; `encode_lines` gets every
+    """Each of `texts` (at least one) as the mean of its lines' unit vectors, renormalised; `encode_lines` gets every
     distinct line once."""
     split = [text.split("\n") for text in texts]
     lines = list(dict.fromkeys(line for parts in split for line in parts))
