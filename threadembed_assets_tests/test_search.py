@@ -26,6 +26,7 @@ from threadembed_assets.chat.linker import (
     DISENTANGLER,
     Linker,
     LinkerParams,
+    conversation_roots,
     fit,
     load_published,
     save_linker,
@@ -159,6 +160,33 @@ def test_link_answers_from_the_messages_before_it_alone(linked_index, messages):
     # A message the archive has never seen, after its last one, links to the archive's messages.
     new = {"text": f"{stream[-1]['author']}: thanks, that worked", "channel": channel, "author": "someone"}
     assert linked_index.link(new)["parent_id"] in position or linked_index.link(new)["is_new"]
+
+
+def test_messages_without_conversations_are_cut_by_the_published_disentangler(linked_index, messages, tmp_path):
+    bare = [{k: v for k, v in m.items() if k not in ("conversation_id", "reply_to")} for m in messages]
+    published = ModelStore(root=str(linked_index.disentangler.parents[1]))
+    linked = ChatIndex.from_messages(bare, ranker=False, source="irc_sample", models=published, tune=False)
+    unpublished = ModelStore(root=str(tmp_path))
+    silences = ChatIndex.from_messages(bare, ranker=False, source="irc_sample", models=unpublished, tune=False)
+    conversation_of = {}
+    for name, index in (("linked", linked), ("silences", silences)):
+        placed = {line.message_id: cid for cid, lines in index.lines.by_conversation.items() for line in lines}
+        assert set(placed) == {m["message_id"] for m in bare}  # every message, none lost
+        conversation_of[name] = placed
+    # each channel cut as the linker cuts it, message by message in channel order
+    linker, _, encode = load_published(linked_index.disentangler)
+    for channel in linked.lines.by_channel:
+        rows = sorted(
+            (m for m in bare if m["channel"] == channel),
+            key=lambda m: (m["timestamp"], len(m["message_id"]), m["message_id"]),
+        )
+        log = log_from_messages(
+            channel, [(m["message_id"], None, m["author"], epoch_seconds(m["timestamp"]), m["text"]) for m in rows]
+        )
+        roots = conversation_roots(linker.link(log, encode))
+        assert [conversation_of["linked"][m["message_id"]] for m in rows] == [f"dis:{log.ids[r]}" for r in roots]
+    assert conversation_of["linked"] != conversation_of["silences"]
+    assert not any(cid.startswith("dis:") for cid in conversation_of["silences"].values())
 
 
 def test_thread_of_a_new_message_sees_only_the_conversations_as_they_stood_before_it(index, messages):

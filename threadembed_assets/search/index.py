@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import bm25s
@@ -178,8 +179,12 @@ def checked_message(message) -> dict:
     return message
 
 
-def archive_from_messages(messages: Iterable[dict], source: str, options: LoadOptions | None = None):
-    """An in-memory warehouse of chat JSONL dicts, loaded as `messages` loads a source (bad rows quarantined)."""
+def archive_from_messages(
+    messages: Iterable[dict], source: str, options: LoadOptions | None = None, disentangler: Path | None = None
+):
+    """An in-memory warehouse of chat JSONL dicts, loaded as `messages` loads a source (bad rows quarantined):
+    messages without conversation ids or reply links are cut into conversations by the published disentangler in
+    `disentangler` where given, else by silences."""
     rows = []
     for message in messages:
         row = {key: message.get(key) for key in ("channel", "message_id", "conversation_id", "reply_to", "author")}
@@ -194,7 +199,13 @@ def archive_from_messages(messages: Iterable[dict], source: str, options: LoadOp
     con = duckdb.connect()
     with tempfile.TemporaryDirectory() as folder:
         write_raw_cache(batched(rows), Path(folder) / "raw")
-        load_messages(con, source, Path(folder) / "raw", options or LoadOptions(train_ratio=1.0, dev_ratio=0.0))
+        load_messages(
+            con,
+            source,
+            Path(folder) / "raw",
+            options or LoadOptions(train_ratio=1.0, dev_ratio=0.0),
+            partial(load_published, disentangler) if disentangler else None,
+        )
     build_conversations(con, source)
     return con
 
@@ -264,11 +275,13 @@ class ChatIndex:
         tune: bool = True,
         onnx: bool = True,
     ) -> "ChatIndex":
-        """An index of chat JSONL dicts (conversations from their ids, reply links or silences, as the warehouse
-        cuts them). `model`: a checkpoint folder (default: the ranker's model, else the best published stage);
-        `ranker`: None for the published `chat_ranker`, a folder or a `ChatRanker`, False for fusion alone;
-        `onnx`: on CPU, encode with the published `onnx_model` where it was exported from that model."""
-        con = archive_from_messages(messages, source)
+        """An index of chat JSONL dicts (conversations from their ids or reply links, else cut by the published
+        `disentangler`, else by silences, as the warehouse cuts them). `model`: a checkpoint folder (default: the
+        ranker's model, else the best published stage); `ranker`: None for the published `chat_ranker`, a folder or
+        a `ChatRanker`, False for fusion alone; `onnx`: on CPU, encode with the published `onnx_model` where it was
+        exported from that model."""
+        models = models or ModelStore()
+        con = archive_from_messages(messages, source, disentangler=models.latest(DISENTANGLER))
         try:
             index = cls.from_connection(con, source, model, ranker, models=models, onnx=onnx)
         finally:
