@@ -107,24 +107,25 @@ def test_thread_of_an_archived_message_leaves_it_out_of_its_conversation(index, 
     assert alone["conversation_id"] not in found  # nothing of it is left to find
 
 
+def channel_log(messages: list[dict], channel: str):
+    """`channel`'s messages in the warehouse's channel order as a log, with their reply links where they have any."""
+    rows = sorted(
+        (m for m in messages if m["channel"] == channel),
+        key=lambda m: (m["timestamp"], len(m["message_id"]), m["message_id"]),
+    )
+    return log_from_messages(
+        channel,
+        [(m["message_id"], m.get("reply_to"), m["author"], epoch_seconds(m["timestamp"]), m["text"]) for m in rows],
+    )
+
+
 @pytest.fixture(scope="module")
 def linked_index(messages, tmp_path_factory) -> ChatIndex:
     """The index of `messages` with a published disentangler, fitted for seconds on channels the index lacks."""
     models = ModelStore(root=str(tmp_path_factory.mktemp("models")))
     indexed = {m["channel"] for m in messages}
     others = [m for m in sample_messages(6000) if m["channel"] not in indexed]
-    logs = []
-    for channel in sorted({m["channel"] for m in others})[:4]:
-        rows = sorted(
-            (m for m in others if m["channel"] == channel),
-            key=lambda m: (m["timestamp"], len(m["message_id"]), m["message_id"]),
-        )
-        logs.append(
-            log_from_messages(
-                channel,
-                [(m["message_id"], m["reply_to"], m["author"], epoch_seconds(m["timestamp"]), m["text"]) for m in rows],
-            )
-        )
+    logs = [channel_log(others, channel) for channel in sorted({m["channel"] for m in others})[:4]]
     folder = models.asset_dir(DISENTANGLER) / "run-1"
     save_linker(fit(logs, params=LinkerParams(n_estimators=30)), folder, {"encoder": None})
     models.publish(DISENTANGLER, folder)
@@ -176,15 +177,9 @@ def test_messages_without_conversations_are_cut_by_the_published_disentangler(li
     # each channel cut as the linker cuts it, message by message in channel order
     linker, _, encode = load_published(linked_index.disentangler)
     for channel in linked.lines.by_channel:
-        rows = sorted(
-            (m for m in bare if m["channel"] == channel),
-            key=lambda m: (m["timestamp"], len(m["message_id"]), m["message_id"]),
-        )
-        log = log_from_messages(
-            channel, [(m["message_id"], None, m["author"], epoch_seconds(m["timestamp"]), m["text"]) for m in rows]
-        )
+        log = channel_log(bare, channel)
         roots = conversation_roots(linker.link(log, encode))
-        assert [conversation_of["linked"][m["message_id"]] for m in rows] == [f"dis:{log.ids[r]}" for r in roots]
+        assert [conversation_of["linked"][i] for i in log.ids] == [f"dis:{log.ids[r]}" for r in roots]
     assert conversation_of["linked"] != conversation_of["silences"]
     assert not any(cid.startswith("dis:") for cid in conversation_of["silences"].values())
 

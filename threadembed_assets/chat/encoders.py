@@ -3,6 +3,7 @@ search and the disentangler encode with it on the CPU in place of PyTorch where 
 they read."""
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,7 @@ class OnnxEncoder:
         if not texts:
             return out
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        order = np.argsort([len(ids) for ids in tokens["input_ids"]], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in token_count_batches(tokens["input_ids"], batch_size):
             batch = self.tokenizer.pad({name: [tokens[name][i] for i in rows] for name in tokens}, return_tensors="np")
             feeds = {name: batch[name].astype(np.int64) for name in self.config["inputs"]}
             hidden = self.session.run(None, feeds)[0]
@@ -69,6 +68,14 @@ class OnnxEncoder:
         if self.config["normalize"]:
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled
+
+
+def token_count_batches(input_ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[np.ndarray]:
+    """Row numbers of texts in batches of similar token counts, shortest first, from each text's token ids: each
+    batch is padded to its longest text, so few pad tokens are encoded."""
+    order = np.argsort([len(ids) for ids in input_ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
 
 
 def exported_from(folder: Path | None) -> str | None:

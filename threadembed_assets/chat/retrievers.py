@@ -15,6 +15,7 @@ import pyarrow as pa
 from scipy import sparse
 
 from threadembed_assets import settings
+from threadembed_assets.chat.encoders import OnnxEncoder, token_count_batches
 from threadembed_assets.chat.features import nearest_gaps as chat_nearest_gaps
 from threadembed_assets.chat.task import Task
 
@@ -76,16 +77,13 @@ class CachedEncoder:
 def encode_by_token_count(model, texts: list[str], batch_size: int) -> np.ndarray:
     """`model.encode` of `texts` (rows in their order) in batches of texts of similar token counts, where the model
     has a tokenizer: sentence-transformers groups texts by characters, which for chat lines pads the batches to half
-    again the tokens they hold."""
+    again the tokens they hold. The ONNX export batches this way by itself."""
     tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None or len(texts) <= batch_size:
+    if tokenizer is None or isinstance(model, OnnxEncoder) or len(texts) <= batch_size:
         return np.asarray(model.encode(texts, batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
     limit = getattr(model, "max_seq_length", None) or 512
-    counts = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=limit)["input_ids"]]
-    order = np.argsort(counts, kind="stable")
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in token_count_batches(tokenizer(texts, truncation=True, max_length=limit)["input_ids"], batch_size):
         out[rows] = model.encode([texts[i] for i in rows], batch_size=batch_size, convert_to_numpy=True)
     return out
 

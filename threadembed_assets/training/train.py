@@ -211,9 +211,16 @@ class PerQueryIREvaluator(InformationRetrievalEvaluator):
     model_key: str | None = None
 
     def embed_inputs(self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs):
+        cached = (
+            self.cache is not None
+            and self.model_key is not None
+            and self.truncate_dim is None
+            and not kwargs
+            and plain_encoder(model, prompt, prompt_name)
+        )
+
         def encode(texts: list[str]) -> np.ndarray:
-            cached = self.cache is not None and self.model_key is not None and self.truncate_dim is None
-            if cached and not kwargs and plain_encoder(model, prompt, prompt_name):
+            if cached:
                 return self.cache.encode(model, self.model_key, texts, self.batch_size)
             vectors = super(PerQueryIREvaluator, self).embed_inputs(
                 model, texts, encode_fn_name, prompt_name, prompt, **kwargs
